@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# OCR benchmark: p2g vs RapidOCR (rapidocr_onnxruntime 1.4.4), same PP-OCRv5
+# ONNX model files, same thresholds, same thread budget, on the SROIE receipts.
+#
+#   bash benches/ocr_vs_rapidocr.sh [N_IMAGES]      # default: all images
+#
+# Environment overrides (all optional):
+#   SROIE_DIR      ground-truth folder (default: <repo>/../shared/eval/sroie-dev)
+#   BENCH_OUT      results folder      (default: <repo>/target/bench-ocr)
+#   THREADS        threads per engine  (default: 2)
+#   P2G_BIN        use this p2g binary and skip `cargo build --release`
+#   RAPIDOCR_PYTHON  use this python (must already have rapidocr-onnxruntime==1.4.4
+#                  and onnxruntime==1.32.0) instead of building a throwaway venv
+#   BENCH_ORT_FROM_VENV=0  do not point p2g's ORT_DYLIB_PATH at the venv's
+#                  libonnxruntime when ORT_DYLIB_PATH is unset
+#
+# Outputs in $BENCH_OUT: p2g.jsonl, rapidocr.jsonl (one record per image:
+# predictions + elapsed_ms + wall_s + peak_kib), meta.json, report.md,
+# and logs/ with each run's stderr.
+set -euo pipefail
+
+RAPIDOCR_VERSION=1.4.4
+ONNXRUNTIME_VERSION=1.32.0
+# Detection / recognition thresholds. These are p2g's defaults; RapidOCR is
+# given the same values explicitly (its own defaults differ: box 0.5, unclip 1.6).
+DET_THRESH=0.3
+BOX_THRESH=0.6
+UNCLIP_RATIO=1.5
+TEXT_SCORE=0.5
+
+die() { echo "ocr_vs_rapidocr: error: $*" >&2; exit 1; }
+say() { echo "==> $*" >&2; }
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+N_IMAGES="${1:-}"
+if [[ -n "$N_IMAGES" && ! "$N_IMAGES" =~ ^[1-9][0-9]*$ ]]; then
+    die "N_IMAGES must be a positive integer, got '$N_IMAGES' (usage: bash benches/ocr_vs_rapidocr.sh [N_IMAGES])"
+fi
+SROIE_DIR="${SROIE_DIR:-$ROOT/../shared/eval/sroie-dev}"
+BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench-ocr}"
+THREADS="${THREADS:-2}"
+
+[[ -d "$SROIE_DIR/img" && -d "$SROIE_DIR/box" ]] || die "SROIE folder not found: $SROIE_DIR (expected img/ and box/)"
+SROIE_DIR="$(cd "$SROIE_DIR" && pwd)"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is required for peak-RSS measurement (apt-get install time)"
+command -v python3 >/dev/null || die "python3 is required"
+[[ -n "${P2G_BIN:-}" ]] || command -v cargo >/dev/null || die "cargo is required"
+
+export OMP_NUM_THREADS="$THREADS"
+
+mapfile -t IMAGES < <(find "$SROIE_DIR/img" -maxdepth 1 -type f \( -name '*.jpg' -o -name '*.jpeg' -o -name '*.png' \) | LC_ALL=C sort)
+(( ${#IMAGES[@]} > 0 )) || die "no images in $SROIE_DIR/img"
+if [[ -n "$N_IMAGES" ]] && (( N_IMAGES < ${#IMAGES[@]} )); then
+    IMAGES=("${IMAGES[@]:0:$N_IMAGES}")
+fi
+say "benchmarking ${#IMAGES[@]} image(s) from $SROIE_DIR/img with $THREADS thread(s) per engine"
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/p2g-bench-ocr.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+# --- 1. p2g -----------------------------------------------------------------
+if [[ -n "${P2G_BIN:-}" ]]; then
+    P2G="$P2G_BIN"
+    say "using p2g binary $P2G (P2G_BIN set: no cargo build)"
+    [[ -x "$P2G" ]] || die "P2G_BIN=$P2G is not an executable"
+else
+    say "building p2g (cargo build --release)"
+    cargo build --release || die "cargo build --release failed"
+    P2G="$ROOT/target/release/p2g"
+    [[ -x "$P2G" ]] || die "$P2G was not produced by the build"
+fi
+
+say "making sure p2g's OCR models are cached (p2g models fetch ocr)"
+"$P2G" models fetch ocr >&2 || die "'p2g models fetch ocr' failed"
+MODELS="$("$P2G" models path ocr | tail -n 1)"
+[[ -n "$MODELS" ]] || die "'p2g models path ocr' printed nothing"
+for f in ppocrv5_det.onnx ppocrv5_rec.onnx ppocrv5_cls.onnx ppocr_keys_v5.txt; do
+    [[ -f "$MODELS/$f" ]] || die "'p2g models path ocr' gave $MODELS, but $MODELS/$f is missing"
+done
+say "OCR models: $MODELS"
+
+# --- 2. RapidOCR in a throwaway venv -------------------------------------------
+if [[ -n "${RAPIDOCR_PYTHON:-}" ]]; then
+    PY="$RAPIDOCR_PYTHON"
+    say "using existing python for RapidOCR: $PY"
+else
+    say "creating throwaway venv and installing rapidocr-onnxruntime==$RAPIDOCR_VERSION onnxruntime==$ONNXRUNTIME_VERSION"
+    python3 -m venv "$TMP/venv" || die "python3 -m venv failed (install python3-venv?)"
+    PY="$TMP/venv/bin/python"
+    "$PY" -m pip install --quiet --disable-pip-version-check \
+        "rapidocr-onnxruntime==$RAPIDOCR_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" >&2 \
+        || die "pip install of rapidocr-onnxruntime/onnxruntime failed"
+fi
+VERSIONS="$("$PY" -c 'import importlib.metadata as m; print(m.version("rapidocr-onnxruntime"), m.version("onnxruntime"))')" \
+    || die "RapidOCR python environment is broken: $PY"
+read -r GOT_RAPID GOT_ORT <<<"$VERSIONS"
+[[ "$GOT_RAPID" == "$RAPIDOCR_VERSION" ]] || die "expected rapidocr-onnxruntime $RAPIDOCR_VERSION, found $GOT_RAPID"
+[[ "$GOT_ORT" == "$ONNXRUNTIME_VERSION" ]] || die "expected onnxruntime $ONNXRUNTIME_VERSION, found $GOT_ORT"
+
+# p2g loads ONNX Runtime dynamically; unless told otherwise, give it the very
+# same libonnxruntime the Python side uses, so both run the same runtime build.
+if [[ -z "${ORT_DYLIB_PATH:-}" && "${BENCH_ORT_FROM_VENV:-1}" != 0 ]]; then
+    ORT_LIB="$("$PY" -c 'import onnxruntime, pathlib; d = pathlib.Path(onnxruntime.__file__).parent / "capi"; print(next(iter(sorted(d.glob("libonnxruntime.so*"))), ""))')"
+    if [[ -n "$ORT_LIB" ]]; then
+        export ORT_DYLIB_PATH="$ORT_LIB"
+        say "ORT_DYLIB_PATH=$ORT_DYLIB_PATH (onnxruntime $GOT_ORT from the venv)"
+    fi
+fi
+
+# --- 3. run ------------------------------------------------------------------
+mkdir -p "$BENCH_OUT/logs"
+rm -f "$BENCH_OUT/p2g.jsonl" "$BENCH_OUT/rapidocr.jsonl" "$BENCH_OUT/report.md"
+
+BENCH_P2G="$P2G" BENCH_RAPID="$GOT_RAPID" BENCH_ORT="$GOT_ORT" BENCH_PY="$PY" BENCH_MODELS="$MODELS" \
+BENCH_THREADS="$THREADS" BENCH_N="${#IMAGES[@]}" BENCH_IMGDIR="$SROIE_DIR/img" \
+BENCH_THRESH="det_thresh $DET_THRESH, box_thresh $BOX_THRESH, unclip_ratio $UNCLIP_RATIO, text_score $TEXT_SCORE" \
+python3 - "$BENCH_OUT/meta.json" <<'EOF'
+import datetime, json, os, platform, subprocess, sys
+E = os.environ
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    except Exception:
+        return "unknown"
+cpu = "unknown"
+try:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+except OSError:
+    pass
+commit = sh("git", "rev-parse", "--short", "HEAD")
+dirty = sh("git", "status", "--porcelain")
+pyver = sh(E["BENCH_PY"], "-c", "import platform; print(platform.python_version())")
+json.dump({
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "host": f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
+    "p2g": f"{sh(E['BENCH_P2G'], '--version')} (git {commit}{'+dirty' if dirty not in ('', 'unknown') else ''})",
+    "RapidOCR": f"rapidocr-onnxruntime {E['BENCH_RAPID']}, onnxruntime {E['BENCH_ORT']} (python {pyver})",
+    "p2g ORT_DYLIB_PATH": E.get("ORT_DYLIB_PATH", "(unset: p2g's own lookup)"),
+    "models": f"{E['BENCH_MODELS']} (ppocrv5_det/cls/rec.onnx, ppocr_keys_v5.txt)",
+    "threads": f"{E['BENCH_THREADS']} per engine (ORT intra-op {E['BENCH_THREADS']}, inter-op 1), OMP_NUM_THREADS={E.get('OMP_NUM_THREADS')}",
+    "thresholds": E["BENCH_THRESH"],
+    "images": f"{E['BENCH_N']} from {E['BENCH_IMGDIR']}",
+}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+run_one() {  # engine image -- command...
+    local engine="$1" img="$2"; shift 3
+    local stem; stem="$(basename "${img%.*}")"
+    local rc=0
+    rm -f "$TMP/time" "$TMP/stdout"
+    /usr/bin/time -f '%e %M' -o "$TMP/time" "$@" >"$TMP/stdout" 2>"$BENCH_OUT/logs/$engine-$stem.stderr" || rc=$?
+    if (( rc != 0 )); then
+        echo "ocr_vs_rapidocr: warning: $engine failed on $img (exit $rc); last stderr lines:" >&2
+        tail -n 5 "$BENCH_OUT/logs/$engine-$stem.stderr" | sed 's/^/    /' >&2
+    fi
+    python3 benches/report.py record --engine "$engine" --image "$img" \
+        --stdout "$TMP/stdout" --time "$TMP/time" --rc "$rc" --out "$BENCH_OUT/$engine.jsonl"
+}
+
+i=0
+for img in "${IMAGES[@]}"; do
+    i=$((i + 1))
+    say "[$i/${#IMAGES[@]}] $(basename "$img")"
+    # sequential, never in parallel: one engine at a time owns the CPUs
+    run_one p2g "$img" -- "$P2G" ocr --json --threads "$THREADS" "$img"
+    run_one rapidocr "$img" -- "$PY" benches/rapidocr_run.py --models "$MODELS" --threads "$THREADS" \
+        --det-thresh "$DET_THRESH" --box-thresh "$BOX_THRESH" \
+        --unclip-ratio "$UNCLIP_RATIO" --text-score "$TEXT_SCORE" "$img"
+done
+
+# --- 4. report -----------------------------------------------------------------
+say "report ($BENCH_OUT/report.md)"
+python3 benches/report.py table --gt "$SROIE_DIR" --results "$BENCH_OUT" --meta "$BENCH_OUT/meta.json"
+say "raw results: $BENCH_OUT/p2g.jsonl $BENCH_OUT/rapidocr.jsonl"

@@ -1,0 +1,109 @@
+//! Expert agents: the tools a controller can call.
+//!
+//! Each agent is a small typed tool in the spirit of rig's `Tool`: a name, a JSON-schema
+//! definition the controller sees (its text lives in the agent's manifest under `agents/`),
+//! typed arguments and output, and an async [`Agent::run`]. [`DynAgent`] erases the types so a
+//! registry can hold different agents and a controller can call them with JSON.
+
+pub mod manifest;
+pub mod ocr;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::models::ModelError;
+use crate::vision::{Image, VisionError};
+
+pub use manifest::AgentManifest;
+
+/// What a controller is told about a tool: name, purpose and the JSON schema of its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// Errors of the agents layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+    #[error("invalid arguments for {agent}: {reason}")]
+    Arguments { agent: String, reason: String },
+    #[error("{agent} failed during inference: {reason}")]
+    Inference { agent: String, reason: String },
+    #[error("agent manifest {path}: {reason}")]
+    Manifest { path: String, reason: String },
+    #[error("{agent} did not finish within {seconds:.1} s")]
+    Timeout { agent: String, seconds: f64 },
+}
+
+/// A typed expert agent.
+pub trait Agent: Send + Sync {
+    /// Arguments, as the controller sends them (JSON).
+    type Args: DeserializeOwned + Send;
+    /// Result, serialisable so it can be traced and shown to a controller.
+    type Output: Serialize + Send;
+
+    /// The tool name the controller calls.
+    fn name(&self) -> &str;
+
+    /// The definition offered to controllers.
+    fn definition(&self) -> ToolDefinition;
+
+    /// Runs the agent on an image.
+    fn run(
+        &self,
+        image: &Image,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<Self::Output, AgentError>> + Send;
+}
+
+/// A boxed future, for object-safe agents.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An agent with its types erased: JSON in, JSON out.
+pub trait DynAgent: Send + Sync {
+    fn name(&self) -> &str;
+    fn definition(&self) -> ToolDefinition;
+    fn call<'a>(
+        &'a self,
+        image: &'a Image,
+        args: serde_json::Value,
+    ) -> BoxFuture<'a, Result<serde_json::Value, AgentError>>;
+}
+
+impl<A: Agent> DynAgent for A {
+    fn name(&self) -> &str {
+        Agent::name(self)
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        Agent::definition(self)
+    }
+
+    fn call<'a>(
+        &'a self,
+        image: &'a Image,
+        args: serde_json::Value,
+    ) -> BoxFuture<'a, Result<serde_json::Value, AgentError>> {
+        Box::pin(async move {
+            let args: A::Args =
+                serde_json::from_value(args).map_err(|e| AgentError::Arguments {
+                    agent: Agent::name(self).to_string(),
+                    reason: e.to_string(),
+                })?;
+            let out = self.run(image, args).await?;
+            serde_json::to_value(out).map_err(|e| AgentError::Inference {
+                agent: Agent::name(self).to_string(),
+                reason: e.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,334 @@
+//! The OCR agent: PP-OCRv5 mobile text detection, text-line orientation and recognition on
+//! ONNX Runtime, built for high-resolution inputs.
+//!
+//! The pipeline is owned here rather than taken from `paddle-ocr-rs`: that crate pins an older
+//! `ort`, runs one full-image detection pass and recognises lines one at a time, while p2g
+//! needs native-resolution tiling with stitched probability maps, width-bucketed batches, the
+//! PP-LCNet orientation model's own preprocessing and CTC alignments (to restore spaces).
+//!
+//! Stages: [`det`] (global pass + tiles → DB boxes, [`db`]) → rotated crops → [`cls`]
+//! (flip upside-down lines) → [`rec`] (batched recognition, CTC decode) → [`order`].
+
+mod cls;
+pub mod db;
+mod det;
+mod order;
+pub mod rec;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Agent, AgentError, AgentManifest, ToolDefinition};
+use crate::models::runtime::{self, SessionOptions};
+use crate::models::{ModelError, ModelSource, Store};
+use crate::vision::crop::crop_quad;
+use crate::vision::{BBox, Image, Quad};
+
+pub use order::reading_order;
+
+/// Pipeline options; defaults come from `agents/ocr.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OcrOptions {
+    pub det_thresh: f32,
+    pub box_thresh: f32,
+    pub unclip_ratio: f32,
+    pub max_candidates: usize,
+    pub det_limit_side: u32,
+    pub tiling: bool,
+    pub tile_size: u32,
+    pub tile_overlap: u32,
+    pub max_tiles: usize,
+    pub use_orientation: bool,
+    pub cls_thresh: f32,
+    pub min_confidence: f32,
+    pub restore_spaces: bool,
+}
+
+impl Default for OcrOptions {
+    fn default() -> Self {
+        Self {
+            det_thresh: 0.3,
+            box_thresh: 0.6,
+            unclip_ratio: 1.5,
+            max_candidates: 3000,
+            det_limit_side: 1920,
+            tiling: true,
+            tile_size: 1280,
+            tile_overlap: 192,
+            max_tiles: 48,
+            use_orientation: true,
+            cls_thresh: 0.9,
+            min_confidence: 0.5,
+            restore_spaces: true,
+        }
+    }
+}
+
+/// Arguments a controller may pass.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcrArgs {
+    /// Read only inside this box (image pixels).
+    #[serde(default)]
+    pub region: Option<BBox>,
+}
+
+/// One line of text, in original-image pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextLine {
+    pub text: String,
+    pub confidence: f32,
+    pub bbox: BBox,
+    pub quad: Quad,
+}
+
+/// Everything read from one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OcrOutput {
+    pub width: u32,
+    pub height: u32,
+    pub elapsed_ms: u64,
+    /// Lines in reading order.
+    pub lines: Vec<TextLine>,
+}
+
+struct Inner {
+    det: det::Detector,
+    cls: Option<cls::Orientation>,
+    rec: rec::Recognizer,
+    options: OcrOptions,
+}
+
+/// The OCR agent. Cheap to clone; models are loaded once.
+#[derive(Clone)]
+pub struct OcrAgent {
+    inner: Arc<Inner>,
+    definition: ToolDefinition,
+}
+
+/// How to load the OCR agent.
+#[derive(Debug, Clone)]
+pub struct OcrConfig {
+    pub manifest: AgentManifest,
+    pub options: OcrOptions,
+    pub session: SessionOptions,
+}
+
+impl OcrConfig {
+    /// The embedded manifest and its default options.
+    pub fn embedded() -> Result<Self, AgentError> {
+        let manifest = AgentManifest::embedded("ocr")?;
+        let options = manifest.options()?;
+        Ok(Self {
+            manifest,
+            options,
+            session: SessionOptions::default(),
+        })
+    }
+}
+
+impl OcrAgent {
+    /// Loads the models named by the manifest from `source` (fetching them into `store` on
+    /// first use); ONNX Runtime itself always comes from `store`.
+    pub fn load(source: &ModelSource, store: &Store, cfg: OcrConfig) -> Result<Self, AgentError> {
+        let _span = tracing::info_span!("ocr.load").entered();
+        let m = &cfg.manifest;
+        let bundle = m.bundle()?;
+        let env = runtime::environment(store)?;
+        let path = |role: &str| -> Result<std::path::PathBuf, AgentError> {
+            Ok(source.file(bundle, m.model_file(role)?)?)
+        };
+        let keys_path = path("keys")?;
+        let keys = read_keys(&keys_path)?;
+        let det = det::Detector::new(runtime::open_session(env, &path("det")?, &cfg.session)?);
+        let cls = if cfg.options.use_orientation {
+            Some(cls::Orientation::new(runtime::open_session(
+                env,
+                &path("cls")?,
+                &cfg.session,
+            )?))
+        } else {
+            None
+        };
+        let rec_path = path("rec")?;
+        let rec_session = runtime::open_session(env, &rec_path, &cfg.session)?;
+        check_rec_classes(&rec_session, &rec_path, keys.len())?;
+        let rec = rec::Recognizer::new(rec_session, keys);
+        Ok(Self {
+            definition: m.definition(),
+            inner: Arc::new(Inner {
+                det,
+                cls,
+                rec,
+                options: cfg.options,
+            }),
+        })
+    }
+
+    pub fn options(&self) -> &OcrOptions {
+        &self.inner.options
+    }
+
+    /// Reads all text in `image` (or in `args.region`), synchronously.
+    pub fn read(&self, image: &Image, args: &OcrArgs) -> Result<OcrOutput, AgentError> {
+        self.inner.read(image, args)
+    }
+}
+
+impl Inner {
+    fn read(&self, image: &Image, args: &OcrArgs) -> Result<OcrOutput, AgentError> {
+        let started = Instant::now();
+        let _span = tracing::info_span!("ocr.read", width = image.width(), height = image.height())
+            .entered();
+        let (w, h) = (image.width(), image.height());
+        let (view, offset) = match &args.region {
+            None => (None, [0.0, 0.0]),
+            Some(r) => {
+                let c = r.clamp(w as f32, h as f32);
+                let (x, y) = (c.x1.floor() as u32, c.y1.floor() as u32);
+                let (cw, ch) = (c.x2.ceil() as u32 - x, c.y2.ceil() as u32 - y);
+                if cw < 2 || ch < 2 {
+                    return Err(AgentError::Arguments {
+                        agent: "ocr".into(),
+                        reason: format!(
+                            "region {:?} is empty inside the {w}x{h} image",
+                            <[f32; 4]>::from(*r)
+                        ),
+                    });
+                }
+                let sub = image::imageops::crop_imm(image.rgb(), x, y, cw, ch).to_image();
+                (Some(sub), [x as f32, y as f32])
+            }
+        };
+        let rgb = view.as_ref().unwrap_or(image.rgb());
+        let boxes = self.det.detect(rgb, &self.options)?;
+        let mut crops: Vec<image::RgbImage> =
+            boxes.iter().map(|b| crop_quad(rgb, &b.quad)).collect();
+        if let Some(cls) = &self.cls {
+            let flips = cls.upside_down(&crops)?;
+            for (crop, p) in crops.iter_mut().zip(flips) {
+                if p > self.options.cls_thresh {
+                    *crop = image::imageops::rotate180(crop);
+                }
+            }
+        }
+        let texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
+        let mut lines: Vec<TextLine> = boxes
+            .iter()
+            .zip(texts)
+            .filter(|(_, t)| !t.text.is_empty() && t.confidence >= self.options.min_confidence)
+            .map(|(b, t)| {
+                let quad = b
+                    .quad
+                    .map(|p| [p[0] + offset[0], p[1] + offset[1]])
+                    .rounded();
+                TextLine {
+                    text: t.text,
+                    confidence: t.confidence,
+                    bbox: quad.bbox(),
+                    quad,
+                }
+            })
+            .collect();
+        let order = reading_order(&lines.iter().map(|l| l.bbox).collect::<Vec<_>>());
+        let mut sorted = Vec::with_capacity(lines.len());
+        let mut taken: Vec<Option<TextLine>> = lines.drain(..).map(Some).collect();
+        for i in order {
+            if let Some(l) = taken[i].take() {
+                sorted.push(l);
+            }
+        }
+        Ok(OcrOutput {
+            width: w,
+            height: h,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            lines: sorted,
+        })
+    }
+}
+
+impl Agent for OcrAgent {
+    type Args = OcrArgs;
+    type Output = OcrOutput;
+
+    fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        self.definition.clone()
+    }
+
+    async fn run(&self, image: &Image, args: OcrArgs) -> Result<OcrOutput, AgentError> {
+        // Inference is CPU-bound: keep it off the async workers when a runtime is there, so a
+        // caller's timeout or cancellation still fires.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let inner = Arc::clone(&self.inner);
+                let image = image.clone();
+                handle
+                    .spawn_blocking(move || inner.read(&image, &args))
+                    .await
+                    .map_err(|e| AgentError::Inference {
+                        agent: "ocr".into(),
+                        reason: e.to_string(),
+                    })?
+            }
+            Err(_) => self.inner.read(image, &args),
+        }
+    }
+}
+
+/// Reads the recogniser's character list: one entry per output class, class 0 the blank.
+fn read_keys(path: &Path) -> Result<Vec<String>, AgentError> {
+    let bad = |reason: String| {
+        AgentError::Model(ModelError::BadFormat {
+            path: path.to_path_buf(),
+            kind: "recognition keys file (one character per line)".into(),
+            reason,
+        })
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    let keys: Vec<String> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect::<Vec<_>>();
+    // A trailing newline ends the last line; it is not an extra empty key.
+    let keys = match keys.split_last() {
+        Some((last, rest)) if last.is_empty() => rest.to_vec(),
+        _ => keys,
+    };
+    if keys.len() < 3 {
+        return Err(bad(format!("only {} lines", keys.len())));
+    }
+    Ok(keys)
+}
+
+fn check_rec_classes(
+    session: &ort::session::Session,
+    path: &Path,
+    keys: usize,
+) -> Result<(), AgentError> {
+    let classes = session
+        .outputs()
+        .first()
+        .and_then(|o| {
+            o.dtype()
+                .tensor_shape()
+                .map(|s| s.iter().copied().collect::<Vec<i64>>())
+        })
+        .and_then(|s| s.last().copied());
+    match classes {
+        Some(c) if c > 0 && c as usize != keys => Err(AgentError::Model(ModelError::BadFormat {
+            path: path.to_path_buf(),
+            kind: "PP-OCR recognition model".into(),
+            reason: format!("it has {c} output classes but the keys file has {keys} lines; they must come from the same model"),
+        })),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,81 @@
+//! Argument parsing and dispatch for the `p2g` binary.
+
+mod models;
+mod ocr;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// p2g: plug-and-play grounding — ask questions about large images; expert agents (OCR,
+/// detection) do the reading.
+#[derive(Parser, Debug)]
+#[command(name = "p2g", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read the text in one or more images (PP-OCRv5).
+    Ocr(ocr::OcrCmd),
+    /// List, fetch, verify or locate the pinned model files.
+    #[command(subcommand)]
+    Models(models::ModelsCmd),
+}
+
+/// Options shared by commands that load models.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Use model files from this folder instead of the pinned, fetched ones (file names as in
+    /// the agent manifest; hashes are not checked).
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+
+    /// ONNX Runtime threads per operator (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Ocr(cmd) => ocr::run(cmd),
+        Command::Models(cmd) => models::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2g: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,ort=warn",
+        _ => "debug,ort=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        // At -vv every pipeline stage reports how long it took when it closes.
+        .with_span_events(if verbose >= 2 {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
+        .try_init();
+}

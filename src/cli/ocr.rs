@@ -1,0 +1,254 @@
+//! `p2g ocr`: read the text in images.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use p2g::agents::ocr::{OcrAgent, OcrArgs, OcrConfig, OcrOutput, TextLine};
+use p2g::agents::AgentManifest;
+use p2g::models::{ModelSource, Store};
+use p2g::vision::{draw, BBox, Image, LoadOptions, Quad};
+
+use super::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct OcrCmd {
+    /// Images to read (JPEG, PNG, WebP, TIFF, BMP); models are loaded once for all of them.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+
+    /// Print one JSON object per image per line, in input order.
+    #[arg(long)]
+    json: bool,
+
+    /// Write the image with the text boxes drawn (several images: OUT-1.png, OUT-2.png, ...).
+    #[arg(long, value_name = "OUT.png")]
+    draw: Option<PathBuf>,
+
+    /// Read only inside this box: x1,y1,x2,y2 in image pixels.
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = parse_bbox)]
+    region: Option<BBox>,
+
+    #[command(flatten)]
+    models: ModelArgs,
+
+    /// Refuse images with more pixels than this (protects against decompression bombs).
+    #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+
+    /// An edited OCR manifest (thresholds, model file names) instead of the embedded one.
+    #[arg(long, value_name = "TOML")]
+    manifest: Option<PathBuf>,
+
+    /// Do not read large images in native-resolution tiles (faster, misses small text).
+    #[arg(long)]
+    no_tiling: bool,
+
+    /// Tile size in pixels for large images.
+    #[arg(long, value_name = "PX")]
+    tile_size: Option<u32>,
+
+    /// Overlap between neighbouring tiles in pixels.
+    #[arg(long, value_name = "PX")]
+    tile_overlap: Option<u32>,
+
+    /// Most tiles per image; beyond it the tiled pass runs at a reduced scale.
+    #[arg(long, value_name = "N")]
+    max_tiles: Option<usize>,
+
+    /// Longest side of the whole-image detection pass.
+    #[arg(long, value_name = "PX")]
+    det_limit_side: Option<u32>,
+
+    /// Drop lines read with a lower mean confidence (0..1).
+    #[arg(long, value_name = "P")]
+    min_confidence: Option<f32>,
+
+    /// Skip the text-line orientation classifier.
+    #[arg(long)]
+    no_orientation: bool,
+
+    /// Keep the recogniser's raw output (no spaces restored between words).
+    #[arg(long)]
+    no_restore_spaces: bool,
+}
+
+fn parse_bbox(s: &str) -> Result<BBox, String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected four numbers x1,y1,x2,y2, got {s:?}"))?;
+    match v.as_slice() {
+        [x1, y1, x2, y2] if x2 > x1 && y2 > y1 => Ok(BBox::new(*x1, *y1, *x2, *y2)),
+        [_, _, _, _] => Err(format!("{s:?}: x2 must exceed x1 and y2 must exceed y1")),
+        _ => Err(format!("expected four numbers x1,y1,x2,y2, got {s:?}")),
+    }
+}
+
+/// The exact `--json` shape: one object per image.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    width: u32,
+    height: u32,
+    elapsed_ms: u64,
+    lines: Vec<JsonText<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonText<'a> {
+    text: &'a str,
+    confidence: f32,
+    bbox: BBox,
+    quad: Quad,
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(out: &'a OcrOutput) -> Self {
+        Self {
+            width: out.width,
+            height: out.height,
+            elapsed_ms: out.elapsed_ms,
+            lines: out
+                .lines
+                .iter()
+                .map(|l: &'a TextLine| JsonText {
+                    text: &l.text,
+                    confidence: (l.confidence * 10000.0).round() / 10000.0,
+                    bbox: l.bbox,
+                    quad: l.quad,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
+    let store = Store::open_default()?;
+    let source = match &cmd.models.model_dir {
+        Some(dir) => ModelSource::Dir(dir.clone()),
+        None => ModelSource::Store(store.clone()),
+    };
+    let mut cfg = OcrConfig::embedded()?;
+    if let Some(path) = &cmd.manifest {
+        cfg.manifest = AgentManifest::load(path)?;
+        cfg.options = cfg.manifest.options()?;
+    }
+    if let Some(t) = cmd.models.threads {
+        cfg.session.intra_threads = t;
+    }
+    let o = &mut cfg.options;
+    o.tiling &= !cmd.no_tiling;
+    o.use_orientation &= !cmd.no_orientation;
+    o.restore_spaces &= !cmd.no_restore_spaces;
+    if let Some(v) = cmd.tile_size {
+        o.tile_size = v;
+    }
+    if let Some(v) = cmd.tile_overlap {
+        o.tile_overlap = v;
+    }
+    if let Some(v) = cmd.max_tiles {
+        o.max_tiles = v;
+    }
+    if let Some(v) = cmd.det_limit_side {
+        o.det_limit_side = v;
+    }
+    if let Some(v) = cmd.min_confidence {
+        o.min_confidence = v;
+    }
+    let agent = OcrAgent::load(&source, &store, cfg)?;
+    let load = LoadOptions {
+        max_pixels: cmd.max_pixels,
+    };
+    let args = OcrArgs { region: cmd.region };
+    let many = cmd.images.len() > 1;
+    let mut failures = 0usize;
+    let stdout = std::io::stdout();
+    for (n, path) in cmd.images.iter().enumerate() {
+        let result = read_one(&agent, path, &load, &args);
+        let mut out = stdout.lock();
+        match result {
+            Ok((image, ocr)) => {
+                if cmd.json {
+                    serde_json::to_writer(&mut out, &JsonLine::new(&ocr))?;
+                    writeln!(out)?;
+                } else {
+                    if many {
+                        writeln!(
+                            out,
+                            "== {} ({}x{}, {} lines, {} ms)",
+                            path.display(),
+                            ocr.width,
+                            ocr.height,
+                            ocr.lines.len(),
+                            ocr.elapsed_ms
+                        )?;
+                    }
+                    for l in &ocr.lines {
+                        writeln!(out, "{}", l.text)?;
+                    }
+                }
+                out.flush()?;
+                if let Some(draw_path) = &cmd.draw {
+                    let target = if many {
+                        numbered(draw_path, n + 1)
+                    } else {
+                        draw_path.clone()
+                    };
+                    draw_lines(&image, &ocr, &target)?;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("p2g: error: {}: {e}", path.display());
+                if cmd.json {
+                    let v = serde_json::json!({ "image": path, "error": e.to_string() });
+                    writeln!(out, "{v}")?;
+                }
+            }
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn read_one(
+    agent: &OcrAgent,
+    path: &Path,
+    load: &LoadOptions,
+    args: &OcrArgs,
+) -> Result<(Image, OcrOutput)> {
+    let started = std::time::Instant::now();
+    let image = Image::open(path, load)?;
+    let mut ocr = agent.read(&image, args)?;
+    // Users time the whole image, decoding included.
+    ocr.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((image, ocr))
+}
+
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    path.with_file_name(format!("{stem}-{n}.{ext}"))
+}
+
+fn draw_lines(image: &Image, ocr: &OcrOutput, path: &Path) -> Result<()> {
+    let mut canvas = image.rgb().clone();
+    let t = draw::default_thickness(&canvas);
+    for (i, l) in ocr.lines.iter().enumerate() {
+        draw::draw_quad(
+            &mut canvas,
+            &l.quad,
+            draw::PALETTE[i % draw::PALETTE.len()],
+            t,
+        );
+    }
+    draw::save(&canvas, path)?;
+    Ok(())
+}

