@@ -11,8 +11,6 @@
 #   P2G_BIN        use this p2g binary and skip `cargo build --release`
 #   RAPIDOCR_PYTHON  use this python (must already have rapidocr-onnxruntime==1.4.4
 #                  and onnxruntime==1.32.0) instead of building a throwaway venv
-#   BENCH_ORT_FROM_VENV=0  do not point p2g's ORT_DYLIB_PATH at the venv's
-#                  libonnxruntime when ORT_DYLIB_PATH is unset
 #
 # Outputs in $BENCH_OUT: p2g.jsonl, rapidocr.jsonl (one record per image:
 # predictions + elapsed_ms + wall_s + peak_kib), meta.json, report.md,
@@ -99,15 +97,8 @@ read -r GOT_RAPID GOT_ORT <<<"$VERSIONS"
 [[ "$GOT_RAPID" == "$RAPIDOCR_VERSION" ]] || die "expected rapidocr-onnxruntime $RAPIDOCR_VERSION, found $GOT_RAPID"
 [[ "$GOT_ORT" == "$ONNXRUNTIME_VERSION" ]] || die "expected onnxruntime $ONNXRUNTIME_VERSION, found $GOT_ORT"
 
-# p2g loads ONNX Runtime dynamically; unless told otherwise, give it the very
-# same libonnxruntime the Python side uses, so both run the same runtime build.
-if [[ -z "${ORT_DYLIB_PATH:-}" && "${BENCH_ORT_FROM_VENV:-1}" != 0 ]]; then
-    ORT_LIB="$("$PY" -c 'import onnxruntime, pathlib; d = pathlib.Path(onnxruntime.__file__).parent / "capi"; print(next(iter(sorted(d.glob("libonnxruntime.so*"))), ""))')"
-    if [[ -n "$ORT_LIB" ]]; then
-        export ORT_DYLIB_PATH="$ORT_LIB"
-        say "ORT_DYLIB_PATH=$ORT_DYLIB_PATH (onnxruntime $GOT_ORT from the venv)"
-    fi
-fi
+# p2g loads its pinned libonnxruntime.so.1.32.0 from the model store: the very file the
+# onnxruntime==1.32.0 wheel in the venv carries (same sha256), so both run the same build.
 
 # --- 3. run ------------------------------------------------------------------
 mkdir -p "$BENCH_OUT/logs"

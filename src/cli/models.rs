@@ -82,10 +82,11 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
             };
             let mut ok = true;
             for name in names {
-                for (file, res) in store.verify(&name)? {
-                    match res {
-                        Ok(()) => println!("ok       {name}/{file}"),
-                        Err(e) => {
+                for check in store.verify(&name)? {
+                    let file = &check.file;
+                    match &check.problem {
+                        None => println!("ok       {name}/{file}"),
+                        Some(e) => {
                             ok = false;
                             println!("FAILED   {name}/{file}: {e}");
                         }

@@ -13,7 +13,7 @@ pub mod runtime;
 mod store;
 
 pub use manifest::{Bundle, FileSpec, Manifest, Part};
-pub use store::{default_cache_root, FetchReport, ModelSource, Store};
+pub use store::{default_cache_root, FetchReport, FileCheck, ModelSource, Store};
 
 use std::path::PathBuf;
 

@@ -66,12 +66,17 @@ pub fn environment(store: &Store) -> Result<&'static Environment, ModelError> {
 pub struct SessionOptions {
     /// Threads inside one operator (the knob that matters on a CPU); 0 lets ONNX Runtime decide.
     pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena. Off by default: with the varying input shapes of OCR
+    /// it keeps the largest run's buffers for good (peak RSS on a 2481x3508 scan: 721 MB with,
+    /// 632 MB without), for a 7-20% speed-up.
+    pub arena: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             intra_threads: default_threads(),
+            arena: false,
         }
     }
 }
@@ -97,18 +102,21 @@ pub fn open_session(
         return Err(err("the file does not exist".into()));
     }
     let builder = Session::builder(env).map_err(|e| err(e.to_string()))?;
-    let arena = std::env::var_os("P2G_ARENA").is_some();
+    // ort's builder errors carry the builder back; only the message matters here.
+    let fail = |e: ort::Error<ort::session::builder::SessionBuilder>| err(e.to_string());
     let mut builder = builder
         .with_optimization_level(GraphOptimizationLevel::All)
-        .and_then(|b| b.with_intra_threads(opts.intra_threads))
-        .and_then(|b| b.with_inter_threads(1))
-        .and_then(|b| b.with_memory_pattern(arena))
-        .and_then(|b| {
-            b.with_execution_providers([ort::ep::CPU::default()
-                .with_arena_allocator(arena)
-                .build()])
-        })
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(fail)?
+        .with_intra_threads(opts.intra_threads)
+        .map_err(fail)?
+        .with_inter_threads(1)
+        .map_err(fail)?
+        .with_memory_pattern(opts.arena)
+        .map_err(fail)?
+        .with_execution_providers([ort::ep::CPU::default()
+            .with_arena_allocator(opts.arena)
+            .build()])
+        .map_err(fail)?;
     builder
         .commit_from_file(path)
         .map_err(|e| err(e.to_string()))

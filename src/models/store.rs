@@ -52,6 +52,14 @@ impl ModelSource {
     }
 }
 
+/// The result of re-hashing one cached file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCheck {
+    pub file: String,
+    /// `None` when the file matches its pin.
+    pub problem: Option<String>,
+}
+
 /// What a fetch did.
 #[derive(Debug, Clone, Default)]
 pub struct FetchReport {
@@ -335,23 +343,26 @@ impl Store {
         })
     }
 
-    /// Re-hashes every cached file of `bundle`: `(file name, Ok(()) or the problem)`.
-    pub fn verify(&self, bundle: &str) -> Result<Vec<(String, Result<(), String>)>, ModelError> {
+    /// Re-hashes every cached file of `bundle`.
+    pub fn verify(&self, bundle: &str) -> Result<Vec<FileCheck>, ModelError> {
         let b = self.manifest.bundle(bundle)?;
         let dir = self.bundle_dir(bundle);
         Ok(b.files
             .iter()
             .map(|f| {
                 let path = dir.join(&f.name);
-                let res = match sha256_file(&path) {
-                    Err(e) => Err(format!("not cached ({e})")),
-                    Ok((h, size)) if h == f.sha256 && size == f.size => Ok(()),
-                    Ok((h, size)) => Err(format!(
+                let problem = match sha256_file(&path) {
+                    Err(e) => Some(format!("not cached ({e})")),
+                    Ok((h, size)) if h == f.sha256 && size == f.size => None,
+                    Ok((h, size)) => Some(format!(
                         "sha256 {h} size {size} does not match pinned {} size {}",
                         f.sha256, f.size
                     )),
                 };
-                (f.name.clone(), res)
+                FileCheck {
+                    file: f.name.clone(),
+                    problem,
+                }
             })
             .collect())
     }

@@ -128,18 +128,42 @@ pub fn resize_normalize_into(
 /// counter-clockwise so the recogniser reads them left to right.
 pub fn crop_quad(src: &RgbImage, quad: &Quad) -> RgbImage {
     let [p0, p1, p2, p3] = quad.0;
-    let w = dist(p0, p1).max(dist(p3, p2)).round().max(1.0) as u32;
-    let h = dist(p0, p3).max(dist(p1, p2)).round().max(1.0) as u32;
-    let ux = [(p1[0] - p0[0]) / w as f32, (p1[1] - p0[1]) / w as f32];
-    let vy = [(p3[0] - p0[0]) / h as f32, (p3[1] - p0[1]) / h as f32];
+    let qw = dist(p0, p1).max(dist(p3, p2)).round().max(1.0);
+    let qh = dist(p0, p3).max(dist(p1, p2)).round().max(1.0);
+    // Vertical text is turned 90° counter-clockwise (numpy's rot90, as PaddleOCR does): the
+    // output's x axis runs down the quad's right edge, its y axis from right to left.
+    let vertical = qh / qw >= 1.5;
+    let (origin, along, across, len_along, len_across) = if vertical {
+        (
+            p1,
+            [p2[0] - p1[0], p2[1] - p1[1]],
+            [p0[0] - p1[0], p0[1] - p1[1]],
+            qh,
+            qw,
+        )
+    } else {
+        (
+            p0,
+            [p1[0] - p0[0], p1[1] - p0[1]],
+            [p3[0] - p0[0], p3[1] - p0[1]],
+            qw,
+            qh,
+        )
+    };
+    let (out_w, out_h) = (len_along as u32, len_across as u32);
+    // Corner-aligned like OpenCV's warpPerspective: output pixel (u, v) samples the quad at
+    // fractions u / w and v / h.
+    let (su, sv) = (1.0 / out_w as f32, 1.0 / out_h as f32);
     let (sw, sh) = (src.width() as f32 - 1.0, src.height() as f32 - 1.0);
     let raw = src.as_raw();
     let stride = src.width() as usize * 3;
-    let mut out = RgbImage::new(w, h);
-    for v in 0..h {
-        for u in 0..w {
-            let x = (p0[0] + ux[0] * u as f32 + vy[0] * v as f32).clamp(0.0, sw);
-            let y = (p0[1] + ux[1] * u as f32 + vy[1] * v as f32).clamp(0.0, sh);
+    let mut out = RgbImage::new(out_w, out_h);
+    for v in 0..out_h {
+        let fv = v as f32 * sv;
+        for u in 0..out_w {
+            let fu = u as f32 * su;
+            let x = (origin[0] + along[0] * fu + across[0] * fv).clamp(0.0, sw);
+            let y = (origin[1] + along[1] * fu + across[1] * fv).clamp(0.0, sh);
             let (x0, y0) = (x.floor(), y.floor());
             let (wx, wy) = (x - x0, y - y0);
             let x1 = (x0 + 1.0).min(sw) as usize;
@@ -157,11 +181,7 @@ pub fn crop_quad(src: &RgbImage, quad: &Quad) -> RgbImage {
             }
         }
     }
-    if h as f32 / w as f32 >= 1.5 {
-        image::imageops::rotate270(&out)
-    } else {
-        out
-    }
+    out
 }
 
 #[cfg(test)]

@@ -80,6 +80,14 @@ impl Image {
                 reason: other.to_string(),
             },
         };
+        if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+            // The JPEG decoder fills a cut-off scan with grey and reports success; a reader
+            // would then silently miss the bottom of the page.
+            return Err(VisionError::Decode {
+                what: what.to_string(),
+                reason: "the JPEG data ends before its end-of-image marker".into(),
+            });
+        }
         let mut decoder = reader.into_decoder().map_err(decode_err)?;
         let (width, height) = decoder.dimensions();
         let pixels = u64::from(width) * u64::from(height);
@@ -131,6 +139,17 @@ impl Image {
     /// Hex sha256 of the encoded bytes: a stable key for caching results per image.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+}
+
+/// Whether a JPEG stream has its end-of-image marker (`FF D9`) after the start of its last
+/// scan (`FF DA`). Entropy-coded data stuffs every `FF` byte, so the marker cannot occur
+/// inside a scan; an EXIF thumbnail's own markers come before the main scans.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
     }
 }
 

@@ -18,7 +18,6 @@ use crate::vision::tiling;
 #[derive(Debug, Clone, Copy)]
 pub struct DetBox {
     pub quad: Quad,
-    pub score: f32,
 }
 
 pub struct Detector {
@@ -61,14 +60,13 @@ impl Detector {
             let (sx, sy) = (w as f32 / map.width as f32, h as f32 / map.height as f32);
             db::boxes(&map, &params)
                 .into_iter()
-                .map(|(q, score)| DetBox {
+                .map(|(q, _score)| DetBox {
                     quad: q.map(|p| {
                         [
                             (p[0] * sx).clamp(0.0, w as f32),
                             (p[1] * sy).clamp(0.0, h as f32),
                         ]
                     }),
-                    score,
                 })
                 .collect::<Vec<_>>()
         };
@@ -129,14 +127,13 @@ impl Detector {
         let inv = 1.0 / scale;
         Ok(db::boxes(&stitched, params)
             .into_iter()
-            .map(|(q, score)| DetBox {
+            .map(|(q, _score)| DetBox {
                 quad: q.map(|p| {
                     [
                         (p[0] * inv).clamp(0.0, w as f32),
                         (p[1] * inv).clamp(0.0, h as f32),
                     ]
                 }),
-                score,
             })
             .collect())
     }

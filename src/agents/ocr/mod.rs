@@ -6,8 +6,9 @@
 //! needs native-resolution tiling with stitched probability maps, width-bucketed batches, the
 //! PP-LCNet orientation model's own preprocessing and CTC alignments (to restore spaces).
 //!
-//! Stages: [`det`] (global pass + tiles → DB boxes, [`db`]) → rotated crops → [`cls`]
-//! (flip upside-down lines) → [`rec`] (batched recognition, CTC decode) → [`order`].
+//! Stages: [`det`] (global pass + tiles → DB boxes, [`db`]) → rotated crops → [`rec`]
+//! (batched recognition, CTC decode) → [`cls`] (lines it calls upside down are read turned
+//! too, and the more confident reading wins) → [`order`].
 
 mod cls;
 pub mod db;
@@ -84,6 +85,9 @@ pub struct TextLine {
     pub confidence: f32,
     pub bbox: BBox,
     pub quad: Quad,
+    /// The line was upside down in the image and was read turned 180°.
+    #[serde(default)]
+    pub upside_down: bool,
 }
 
 /// Everything read from one image.
@@ -206,22 +210,19 @@ impl Inner {
         };
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let boxes = self.det.detect(rgb, &self.options)?;
-        let mut crops: Vec<image::RgbImage> =
-            boxes.iter().map(|b| crop_quad(rgb, &b.quad)).collect();
+        let crops: Vec<image::RgbImage> = boxes.iter().map(|b| crop_quad(rgb, &b.quad)).collect();
+        let mut texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
+        let mut flipped = vec![false; crops.len()];
         if let Some(cls) = &self.cls {
-            let flips = cls.upside_down(&crops)?;
-            for (crop, p) in crops.iter_mut().zip(flips) {
-                if p > self.options.cls_thresh {
-                    *crop = image::imageops::rotate180(crop);
-                }
-            }
+            let probs = cls.upside_down(&crops)?;
+            self.settle_orientation(&crops, &probs, &mut texts, &mut flipped)?;
         }
-        let texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
         let mut lines: Vec<TextLine> = boxes
             .iter()
             .zip(texts)
-            .filter(|(_, t)| !t.text.is_empty() && t.confidence >= self.options.min_confidence)
-            .map(|(b, t)| {
+            .zip(flipped)
+            .filter(|((_, t), _)| !t.text.is_empty() && t.confidence >= self.options.min_confidence)
+            .map(|((b, t), upside_down)| {
                 let quad = b
                     .quad
                     .map(|p| [p[0] + offset[0], p[1] + offset[1]])
@@ -231,6 +232,7 @@ impl Inner {
                     confidence: t.confidence,
                     bbox: quad.bbox(),
                     quad,
+                    upside_down,
                 }
             })
             .collect();
@@ -248,6 +250,52 @@ impl Inner {
             elapsed_ms: started.elapsed().as_millis() as u64,
             lines: sorted,
         })
+    }
+}
+
+/// Within this much mean confidence, two readings of a line (as is, turned 180°) are a tie.
+const ORIENTATION_TIE: f32 = 0.02;
+
+impl Inner {
+    /// Decides which lines are upside down. The classifier alone is not trusted on short
+    /// lines: "000" or "9" look alike both ways up, and turning "9" makes it "6" — a silent
+    /// wrong answer. So a line the classifier calls upside down is also read turned, and is
+    /// turned only if that reading is clearly more confident; a tie follows the page (turned
+    /// only when most lines are). On a page that is mostly upside down every line is checked.
+    fn settle_orientation(
+        &self,
+        crops: &[image::RgbImage],
+        probs: &[f32],
+        texts: &mut [rec::Recognised],
+        flipped: &mut [bool],
+    ) -> Result<(), AgentError> {
+        let flagged = probs
+            .iter()
+            .filter(|&&p| p > self.options.cls_thresh)
+            .count();
+        let page_upside_down = flagged * 2 > probs.len();
+        // A crop of one or two characters says nothing reliable about its orientation (on
+        // sroie-dev an 18x12 mark read "5" upright and "9" turned); it follows the page.
+        let informative = |i: usize| crops[i].width() as f32 >= 2.5 * crops[i].height() as f32;
+        let candidates: Vec<usize> = (0..crops.len())
+            .filter(|&i| page_upside_down || (probs[i] > self.options.cls_thresh && informative(i)))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let turned: Vec<image::RgbImage> = candidates
+            .iter()
+            .map(|&i| image::imageops::rotate180(&crops[i]))
+            .collect();
+        let readings = self.rec.recognise(&turned, self.options.restore_spaces)?;
+        for (&i, r) in candidates.iter().zip(readings) {
+            let gain = r.confidence - texts[i].confidence;
+            if gain > ORIENTATION_TIE || (gain.abs() <= ORIENTATION_TIE && page_upside_down) {
+                texts[i] = r;
+                flipped[i] = true;
+            }
+        }
+        Ok(())
     }
 }
 

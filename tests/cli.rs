@@ -1,0 +1,142 @@
+//! The `p2g` binary: output formats, several images, drawing, and one-line errors.
+
+mod common;
+
+use std::process::Command;
+
+fn p2g() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2g"))
+}
+
+#[test]
+fn json_has_exactly_the_documented_shape_per_image_in_order() {
+    let out = p2g()
+        .args(["ocr", "--json"])
+        .arg(common::fixture("header.png"))
+        .arg(common::fixture("receipt.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let objs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objs.len(), 2);
+    assert_eq!(objs[0]["height"], 250);
+    assert_eq!(objs[1]["height"], 1013);
+    for o in &objs {
+        let keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["elapsed_ms", "height", "lines", "width"]);
+        for l in o["lines"].as_array().unwrap() {
+            let keys: Vec<&String> = l.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["bbox", "confidence", "quad", "text"]);
+            assert_eq!(l["bbox"].as_array().unwrap().len(), 4);
+            assert_eq!(l["quad"].as_array().unwrap().len(), 4);
+        }
+    }
+    let text: Vec<&str> = objs[1]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("TOTAL") || t.contains("Total")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn plain_output_and_draw() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    let out = p2g()
+        .args(["ocr"])
+        .arg(common::fixture("header.png"))
+        .arg("--draw")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("789417-W"), "{text}");
+    let drawn = image::open(&png).unwrap().to_rgb8();
+    let original = image::open(common::fixture("header.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(drawn.dimensions(), original.dimensions());
+    assert_ne!(drawn.as_raw(), original.as_raw(), "boxes were drawn");
+}
+
+#[test]
+fn errors_are_one_line_with_a_non_zero_exit() {
+    for (args, needle) in [
+        (
+            vec!["ocr", "tests/fixtures/not_an_image.jpg"],
+            "not an image",
+        ),
+        (vec!["ocr", "tests/fixtures/truncated.jpg"], "end-of-image"),
+        (vec!["ocr", "tests/fixtures/bomb.png"], "--max-pixels"),
+        (vec!["ocr", "no/such/file.png"], "cannot read image"),
+        (
+            vec![
+                "ocr",
+                "tests/fixtures/header.png",
+                "--model-dir",
+                "/nonexistent",
+            ],
+            "not found in /nonexistent",
+        ),
+        (
+            vec!["ocr", "tests/fixtures/header.png", "--region", "5,5,1,1"],
+            "x2 must exceed x1",
+        ),
+        (
+            vec!["models", "fetch", "no-such-bundle"],
+            "no model bundle named",
+        ),
+    ] {
+        let out = p2g()
+            .current_dir(common::root())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if args[0] == "ocr" && !args.contains(&"--region") {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_image_among_good_ones_keeps_order_and_fails_the_run() {
+    let out = p2g()
+        .current_dir(common::root())
+        .args([
+            "ocr",
+            "--json",
+            "tests/fixtures/header.png",
+            "tests/fixtures/empty.png",
+            "tests/fixtures/header_gray.png",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0]["lines"].is_array());
+    assert!(lines[1]["error"].as_str().unwrap().contains("not an image"));
+    assert!(lines[2]["lines"].is_array());
+}
