@@ -132,7 +132,7 @@ json.dump({
     "host": f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
     "p2g": f"{sh(E['BENCH_P2G'], '--version')} (git {commit}{'+dirty' if dirty not in ('', 'unknown') else ''})",
     "RapidOCR": f"rapidocr-onnxruntime {E['BENCH_RAPID']}, onnxruntime {E['BENCH_ORT']} (python {pyver})",
-    "p2g ORT_DYLIB_PATH": E.get("ORT_DYLIB_PATH", "(unset: p2g's own lookup)"),
+    "p2g ONNX Runtime": "pinned libonnxruntime.so.1.32.0 from the p2g model store",
     "models": f"{E['BENCH_MODELS']} (ppocrv5_det/cls/rec.onnx, ppocr_keys_v5.txt)",
     "threads": f"{E['BENCH_THREADS']} per engine (ORT intra-op {E['BENCH_THREADS']}, inter-op 1), OMP_NUM_THREADS={E.get('OMP_NUM_THREADS')}",
     "thresholds": E["BENCH_THRESH"],

@@ -18,3 +18,8 @@
 pub mod agents;
 pub mod models;
 pub mod vision;
+
+/// The README's code examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -37,7 +37,7 @@ impl Orientation {
     }
 
     /// Probability that each crop is upside down.
-    pub fn upside_down(&self, crops: &[RgbImage]) -> Result<Vec<f32>, AgentError> {
+    pub fn upside_down(&self, crops: &[&RgbImage]) -> Result<Vec<f32>, AgentError> {
         let _span = tracing::debug_span!("ocr.orientation", lines = crops.len()).entered();
         let mut out = Vec::with_capacity(crops.len());
         let plane = WIDTH * HEIGHT;

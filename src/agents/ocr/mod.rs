@@ -214,8 +214,7 @@ impl Inner {
         let mut texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
         let mut flipped = vec![false; crops.len()];
         if let Some(cls) = &self.cls {
-            let probs = cls.upside_down(&crops)?;
-            self.settle_orientation(&crops, &probs, &mut texts, &mut flipped)?;
+            self.settle_orientation(cls, &crops, &mut texts, &mut flipped)?;
         }
         let mut lines: Vec<TextLine> = boxes
             .iter()
@@ -259,27 +258,36 @@ const ORIENTATION_TIE: f32 = 0.02;
 impl Inner {
     /// Decides which lines are upside down. The classifier alone is not trusted on short
     /// lines: "000" or "9" look alike both ways up, and turning "9" makes it "6" — a silent
-    /// wrong answer. So a line the classifier calls upside down is also read turned, and is
-    /// turned only if that reading is clearly more confident; a tie follows the page (turned
-    /// only when most lines are). On a page that is mostly upside down every line is checked.
+    /// wrong answer. So only lines of three or more characters' width are classified; one
+    /// it calls upside down is also read turned, and is turned only if that reading is
+    /// clearly more confident. When most classified lines are upside down the page is, and
+    /// every line (short ones included) is read both ways, ties going with the page.
     fn settle_orientation(
         &self,
+        cls: &cls::Orientation,
         crops: &[image::RgbImage],
-        probs: &[f32],
         texts: &mut [rec::Recognised],
         flipped: &mut [bool],
     ) -> Result<(), AgentError> {
-        let flagged = probs
-            .iter()
-            .filter(|&&p| p > self.options.cls_thresh)
-            .count();
-        let page_upside_down = flagged * 2 > probs.len();
-        // A crop of one or two characters says nothing reliable about its orientation (on
-        // sroie-dev an 18x12 mark read "5" upright and "9" turned); it follows the page.
-        let informative = |i: usize| crops[i].width() as f32 >= 2.5 * crops[i].height() as f32;
-        let candidates: Vec<usize> = (0..crops.len())
-            .filter(|&i| page_upside_down || (probs[i] > self.options.cls_thresh && informative(i)))
+        // On sroie-dev an 18x12 mark read "5" upright and "9" turned, with the classifier
+        // sure it was upside down.
+        let informative: Vec<usize> = (0..crops.len())
+            .filter(|&i| crops[i].width() as f32 >= 2.5 * crops[i].height() as f32)
             .collect();
+        let sample: Vec<&image::RgbImage> = informative.iter().map(|&i| &crops[i]).collect();
+        let probs = cls.upside_down(&sample)?;
+        let flagged: Vec<usize> = informative
+            .iter()
+            .zip(&probs)
+            .filter(|(_, &p)| p > self.options.cls_thresh)
+            .map(|(&i, _)| i)
+            .collect();
+        let page_upside_down = flagged.len() * 2 > informative.len();
+        let candidates: Vec<usize> = if page_upside_down {
+            (0..crops.len()).collect()
+        } else {
+            flagged
+        };
         if candidates.is_empty() {
             return Ok(());
         }
