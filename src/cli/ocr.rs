@@ -47,6 +47,11 @@ pub struct OcrCmd {
     #[arg(long)]
     no_tiling: bool,
 
+    /// Read every tile of a large image, not only where the global pass saw text too small to
+    /// resolve (slower; for exhaustive reading).
+    #[arg(long)]
+    tile_all: bool,
+
     /// Tile size in pixels for large images.
     #[arg(long, value_name = "PX")]
     tile_size: Option<u32>,
@@ -142,6 +147,7 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
     }
     let o = &mut cfg.options;
     o.tiling &= !cmd.no_tiling;
+    o.tile_all |= cmd.tile_all;
     o.use_orientation &= !cmd.no_orientation;
     o.restore_spaces &= !cmd.no_restore_spaces;
     if let Some(v) = cmd.tile_size {

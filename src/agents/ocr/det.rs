@@ -53,27 +53,31 @@ impl Detector {
         let global_scale = (limit as f32 / longest as f32).min(1.0);
         let _span = tracing::debug_span!("ocr.detect", width = w, height = h).entered();
 
-        let global = {
-            let _s = tracing::debug_span!("ocr.detect.global", scale = global_scale).entered();
-            let full = Rect::full(img);
-            let map = self.prob_map(img, full, global_scale)?;
-            let (sx, sy) = (w as f32 / map.width as f32, h as f32 / map.height as f32);
-            db::boxes(&map, &params)
-                .into_iter()
-                .map(|(q, _score)| DetBox {
-                    quad: q.map(|p| {
-                        [
-                            (p[0] * sx).clamp(0.0, w as f32),
-                            (p[1] * sy).clamp(0.0, h as f32),
-                        ]
-                    }),
-                })
-                .collect::<Vec<_>>()
-        };
+        let _s = tracing::debug_span!("ocr.detect.global", scale = global_scale).entered();
+        let map = self.prob_map(img, Rect::full(img), global_scale)?;
+        let quads: Vec<Quad> = db::boxes(&map, &params)
+            .into_iter()
+            .map(|(q, _)| q)
+            .collect();
+        drop(_s);
+        let (sx, sy) = (w as f32 / map.width as f32, h as f32 / map.height as f32);
+        let global: Vec<DetBox> = quads
+            .iter()
+            .map(|q| DetBox {
+                quad: q.map(|p| {
+                    [
+                        (p[0] * sx).clamp(0.0, w as f32),
+                        (p[1] * sy).clamp(0.0, h as f32),
+                    ]
+                }),
+            })
+            .collect();
         if global_scale >= 1.0 || !opts.tiling {
             return Ok(global);
         }
-        let tiled = self.detect_tiled(img, opts, &params)?;
+        let unresolved = Unresolved::new(&map, &quads, sx, sy);
+        drop(map);
+        let tiled = self.detect_tiled(img, opts, &params, &unresolved)?;
         Ok(merge_global_into_tiled(tiled, global))
     }
 
@@ -82,6 +86,7 @@ impl Detector {
         img: &RgbImage,
         opts: &OcrOptions,
         params: &DbParams,
+        unresolved: &Unresolved,
     ) -> Result<Vec<DetBox>, AgentError> {
         let (w, h) = img.dimensions();
         let tile = opts.tile_size.max(64);
@@ -97,32 +102,48 @@ impl Detector {
             );
             layout = tiling::tiles(w, h, t, o);
         }
-        let _s = tracing::debug_span!("ocr.detect.tiles", tiles = layout.len(), scale).entered();
+        // Tiles where the global pass saw no text it could not resolve add nothing but time
+        // (and, on a 300 dpi scan, fragments of lines it already read whole).
+        let run: Vec<bool> = layout
+            .iter()
+            .map(|t| opts.tile_all || unresolved.count(t.core) >= MIN_UNRESOLVED_PIXELS)
+            .collect();
+        let _s = tracing::debug_span!(
+            "ocr.detect.tiles",
+            tiles = layout.len(),
+            read = run.iter().filter(|&&r| r).count(),
+            scale
+        )
+        .entered();
+        if !run.contains(&true) {
+            return Ok(Vec::new());
+        }
         let (mw, mh) = (
             ((w as f32 * scale).round() as usize).max(1),
             ((h as f32 * scale).round() as usize).max(1),
         );
         let mut stitched = ProbMap::new(mw, mh);
         let to_map = |v: u32, max: usize| ((v as f32 * scale).round() as usize).min(max);
-        for t in &layout {
+        let mut cores = Vec::new();
+        for (t, _) in layout.iter().zip(&run).filter(|(_, &r)| r) {
             let map = self.prob_map(img, t.rect, scale)?;
             let (ox, oy) = (to_map(t.rect.x, mw), to_map(t.rect.y, mh));
+            // Everything the tile saw, so a line running into a skipped neighbour stays whole...
+            paste(&mut stitched, &map, ox, oy, [ox, oy, mw, mh], |dst, src| {
+                *dst = (*dst).max(src)
+            });
             let [cx0, cy0, cx1, cy1] = t.core;
-            let (cx0, cx1) = (to_map(cx0, mw), to_map(cx1, mw));
-            let (cy0, cy1) = (to_map(cy0, mh), to_map(cy1, mh));
-            for y in cy0..cy1 {
-                let ty = y - oy;
-                if ty >= map.height {
-                    break;
-                }
-                let src = &map.data[ty * map.width..(ty + 1) * map.width];
-                let x_end = cx1.min(ox + map.width);
-                if x_end <= cx0 {
-                    continue;
-                }
-                stitched.data[y * mw + cx0..y * mw + x_end]
-                    .copy_from_slice(&src[cx0 - ox..x_end - ox]);
-            }
+            let core = [
+                to_map(cx0, mw),
+                to_map(cy0, mh),
+                to_map(cx1, mw),
+                to_map(cy1, mh),
+            ];
+            cores.push((map, ox, oy, core));
+        }
+        // ...and each tile alone decides inside its own core, where it had full context.
+        for (map, ox, oy, core) in &cores {
+            paste(&mut stitched, map, *ox, *oy, *core, |dst, src| *dst = src);
         }
         let inv = 1.0 / scale;
         Ok(db::boxes(&stitched, params)
@@ -180,6 +201,87 @@ impl Detector {
             }
         }
         Ok(map)
+    }
+}
+
+/// Global-map pixels that look like text (probability above [`UNRESOLVED_PROB`]) but lie
+/// outside every box the global pass found: text too small to resolve at that scale.
+const UNRESOLVED_PROB: f32 = 0.15;
+/// A tile is read when its core holds at least this many unresolved global-map pixels.
+const MIN_UNRESOLVED_PIXELS: usize = 6;
+
+/// Where the global pass saw text-like evidence it could not turn into a box.
+struct Unresolved {
+    mask: Vec<bool>,
+    width: usize,
+    height: usize,
+    /// Image pixels per global-map pixel.
+    sx: f32,
+    sy: f32,
+}
+
+impl Unresolved {
+    fn new(map: &ProbMap, boxes: &[Quad], sx: f32, sy: f32) -> Self {
+        let cut = ProbMap::quantise(UNRESOLVED_PROB);
+        let mut mask: Vec<bool> = map.data.iter().map(|&v| v > cut).collect();
+        for q in boxes {
+            // The unclipped box plus a pixel of margin explains its own fuzzy border.
+            let b = q.bbox();
+            let x0 = (b.x1.floor() as i64 - 1).max(0) as usize;
+            let y0 = (b.y1.floor() as i64 - 1).max(0) as usize;
+            let x1 = ((b.x2.ceil() as i64 + 1).max(0) as usize).min(map.width.saturating_sub(1));
+            let y1 = ((b.y2.ceil() as i64 + 1).max(0) as usize).min(map.height.saturating_sub(1));
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    if q.contains([x as f32, y as f32]) || b.width() < 3.0 || b.height() < 3.0 {
+                        mask[y * map.width + x] = false;
+                    }
+                }
+            }
+        }
+        Self {
+            mask,
+            width: map.width,
+            height: map.height,
+            sx,
+            sy,
+        }
+    }
+
+    /// Unresolved pixels inside `[x0, y0, x1, y1)` given in image pixels.
+    fn count(&self, r: [u32; 4]) -> usize {
+        let gx = |v: u32| ((v as f32 / self.sx) as usize).min(self.width);
+        let gy = |v: u32| ((v as f32 / self.sy) as usize).min(self.height);
+        let (x0, x1, y0, y1) = (gx(r[0]), gx(r[2]), gy(r[1]), gy(r[3]));
+        (y0..y1)
+            .map(|y| {
+                self.mask[y * self.width + x0..y * self.width + x1]
+                    .iter()
+                    .filter(|&&m| m)
+                    .count()
+            })
+            .sum()
+    }
+}
+
+/// Writes `src` (placed at `ox, oy`) into `dst`, limited to the region `[x0, y0, x1, y1)`.
+fn paste(
+    dst: &mut ProbMap,
+    src: &ProbMap,
+    ox: usize,
+    oy: usize,
+    region: [usize; 4],
+    f: impl Fn(&mut u8, u8),
+) {
+    let [x0, y0, x1, y1] = region;
+    let xs = x0.max(ox)..x1.min(ox + src.width).min(dst.width);
+    let ys = y0.max(oy)..y1.min(oy + src.height).min(dst.height);
+    for y in ys {
+        let srow = &src.data[(y - oy) * src.width..(y - oy + 1) * src.width];
+        let drow = &mut dst.data[y * dst.width..(y + 1) * dst.width];
+        for x in xs.clone() {
+            f(&mut drow[x], srow[x - ox]);
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct OcrOptions {
     pub max_candidates: usize,
     pub det_limit_side: u32,
     pub tiling: bool,
+    /// Read every tile, not only those where the global pass saw text too small to resolve.
+    pub tile_all: bool,
     pub tile_size: u32,
     pub tile_overlap: u32,
     pub max_tiles: usize,
@@ -58,6 +60,7 @@ impl Default for OcrOptions {
             max_candidates: 3000,
             det_limit_side: 1920,
             tiling: true,
+            tile_all: false,
             tile_size: 1280,
             tile_overlap: 192,
             max_tiles: 48,
@@ -194,7 +197,9 @@ impl Inner {
             Some(r) => {
                 let c = r.clamp(w as f32, h as f32);
                 let (x, y) = (c.x1.floor() as u32, c.y1.floor() as u32);
-                let (cw, ch) = (c.x2.ceil() as u32 - x, c.y2.ceil() as u32 - y);
+                // A reversed box ([x2, y2, x1, y1]) is as empty as one outside the image.
+                let cw = (c.x2.ceil() as u32).saturating_sub(x);
+                let ch = (c.y2.ceil() as u32).saturating_sub(y);
                 if cw < 2 || ch < 2 {
                     return Err(AgentError::Arguments {
                         agent: "ocr".into(),
