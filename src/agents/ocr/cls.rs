@@ -20,6 +20,8 @@ const BATCH: usize = 16;
 
 pub struct Orientation {
     session: Mutex<Session>,
+    /// Whether the session uses ONNX Runtime's arena (then shrunk after each run).
+    arena: bool,
 }
 
 fn inference_err(reason: impl ToString) -> AgentError {
@@ -30,9 +32,10 @@ fn inference_err(reason: impl ToString) -> AgentError {
 }
 
 impl Orientation {
-    pub fn new(session: Session) -> Self {
+    pub fn new(session: Session, arena: bool) -> Self {
         Self {
             session: Mutex::new(session),
+            arena,
         }
     }
 
@@ -64,7 +67,11 @@ impl Orientation {
                 .session
                 .lock()
                 .map_err(|_| inference_err("session poisoned"))?;
-            let outputs = session.run(ort::inputs![tensor]).map_err(inference_err)?;
+            let run_opts =
+                crate::models::runtime::run_options(self.arena).map_err(inference_err)?;
+            let outputs = session
+                .run_with_options(ort::inputs![tensor], &run_opts)
+                .map_err(inference_err)?;
             let (shape, data) = outputs[0]
                 .try_extract_tensor::<f32>()
                 .map_err(inference_err)?;

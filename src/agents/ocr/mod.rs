@@ -151,20 +151,23 @@ impl OcrAgent {
         };
         let keys_path = path("keys")?;
         let keys = read_keys(&keys_path)?;
-        let det = det::Detector::new(runtime::open_session(env, &path("det")?, &cfg.session)?);
+        let arena = cfg.session.arena;
+        let det = det::Detector::new(
+            runtime::open_session(env, &path("det")?, &cfg.session)?,
+            arena,
+        );
         let cls = if cfg.options.use_orientation {
-            Some(cls::Orientation::new(runtime::open_session(
-                env,
-                &path("cls")?,
-                &cfg.session,
-            )?))
+            Some(cls::Orientation::new(
+                runtime::open_session(env, &path("cls")?, &cfg.session)?,
+                arena,
+            ))
         } else {
             None
         };
         let rec_path = path("rec")?;
         let rec_session = runtime::open_session(env, &rec_path, &cfg.session)?;
         check_rec_classes(&rec_session, &rec_path, keys.len())?;
-        let rec = rec::Recognizer::new(rec_session, keys);
+        let rec = rec::Recognizer::new(rec_session, keys, arena);
         Ok(Self {
             definition: m.definition(),
             inner: Arc::new(Inner {

@@ -37,6 +37,8 @@ pub struct Recognised {
 
 pub struct Recognizer {
     session: Mutex<Session>,
+    /// Whether the session uses ONNX Runtime's arena (then shrunk after each run).
+    arena: bool,
     keys: Vec<String>,
 }
 
@@ -49,9 +51,10 @@ fn inference_err(reason: impl ToString) -> AgentError {
 
 impl Recognizer {
     /// `keys[i]` is the character of output class `i`; class 0 is the CTC blank.
-    pub fn new(session: Session, keys: Vec<String>) -> Self {
+    pub fn new(session: Session, keys: Vec<String>, arena: bool) -> Self {
         Self {
             session: Mutex::new(session),
+            arena,
             keys,
         }
     }
@@ -135,7 +138,10 @@ impl Recognizer {
             .session
             .lock()
             .map_err(|_| inference_err("session poisoned"))?;
-        let outputs = session.run(ort::inputs![tensor]).map_err(inference_err)?;
+        let run_opts = crate::models::runtime::run_options(self.arena).map_err(inference_err)?;
+        let outputs = session
+            .run_with_options(ort::inputs![tensor], &run_opts)
+            .map_err(inference_err)?;
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(inference_err)?;
