@@ -52,6 +52,15 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `p2g ocr ... | head`: the reader has all it wants; that is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("p2g: error: {e}");
             ExitCode::FAILURE

@@ -291,24 +291,58 @@ fn paste(
     }
 }
 
-/// Keeps every tile box, and adds a global box only where the tiles did not already cover it.
-/// Text larger than the tile overlap can be cut into fragments by tiles; where the global pass
-/// saw such a line whole (the fragments cover little of it), the line replaces its fragments.
+/// Merges the two passes. A global line that tiles read too (their boxes on the same row
+/// span at least 80% of its width, whole or as several words) is dropped as a duplicate.
+/// Otherwise the global line is kept — tiles missed it (text larger than a tile's overlap, or
+/// a tile that was not read) or saw only fragments of it at a tile's edge — and the tile boxes
+/// lying inside it are dropped as those fragments. Only same-row boxes count, so the unclipped
+/// boxes of the lines above and below never hide a line.
 fn merge_global_into_tiled(mut tiled: Vec<DetBox>, global: Vec<DetBox>) -> Vec<DetBox> {
+    let tiled_boxes: Vec<_> = tiled.iter().map(|t| t.quad.bbox()).collect();
+    let mut drop_tiled = vec![false; tiled.len()];
+    let mut keep_global = Vec::new();
     for g in global {
         let gb = g.quad.bbox();
         if gb.area() <= 0.0 {
             continue;
         }
-        let covered: f32 = tiled.iter().map(|t| t.quad.bbox().intersection(&gb)).sum();
-        if covered >= 0.5 * gb.area() {
+        let same_row: Vec<usize> = (0..tiled_boxes.len())
+            .filter(|&i| {
+                let tb = &tiled_boxes[i];
+                tb.intersection(&gb) > 0.0
+                    && tb.vertical_overlap(&gb) >= 0.5 * tb.height().min(gb.height())
+            })
+            .collect();
+        let mut spans: Vec<(f32, f32)> = same_row
+            .iter()
+            .map(|&i| (tiled_boxes[i].x1.max(gb.x1), tiled_boxes[i].x2.min(gb.x2)))
+            .collect();
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut covered = 0.0;
+        let mut end = f32::MIN;
+        for (a, b) in spans {
+            let a = a.max(end);
+            if b > a {
+                covered += b - a;
+                end = b;
+            }
+        }
+        if covered >= 0.8 * gb.width() {
             continue;
         }
-        tiled.retain(|t| {
-            let tb = t.quad.bbox();
-            tb.area() <= 0.0 || tb.intersection(&gb) < 0.8 * tb.area()
-        });
-        tiled.push(g);
+        for &i in &same_row {
+            let tb = &tiled_boxes[i];
+            if tb.intersection(&gb) >= 0.8 * tb.area() {
+                drop_tiled[i] = true;
+            }
+        }
+        keep_global.push(g);
     }
+    let mut i = 0;
+    tiled.retain(|_| {
+        i += 1;
+        !drop_tiled[i - 1]
+    });
+    tiled.extend(keep_global);
     tiled
 }
