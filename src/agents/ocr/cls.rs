@@ -5,13 +5,10 @@
 //! 160x80 (no aspect-preserving pad) and ImageNet mean/std on BGR channels. With the v2 recipe
 //! (pad to 192x48, `(x-0.5)/0.5`) it calls upright lines upside down.
 
-use std::sync::Mutex;
-
 use image::RgbImage;
-use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::agents::AgentError;
+use crate::models::runtime::OnnxModel;
 use crate::vision::crop::{resize_normalize_into, Normalize, Planes, Rect};
 
 const WIDTH: usize = 160;
@@ -19,9 +16,7 @@ const HEIGHT: usize = 80;
 const BATCH: usize = 16;
 
 pub struct Orientation {
-    session: Mutex<Session>,
-    /// Whether the session uses ONNX Runtime's arena (then shrunk after each run).
-    arena: bool,
+    model: OnnxModel,
 }
 
 fn inference_err(reason: impl ToString) -> AgentError {
@@ -32,11 +27,8 @@ fn inference_err(reason: impl ToString) -> AgentError {
 }
 
 impl Orientation {
-    pub fn new(session: Session, arena: bool) -> Self {
-        Self {
-            session: Mutex::new(session),
-            arena,
-        }
+    pub fn new(model: OnnxModel) -> Self {
+        Self { model }
     }
 
     /// Probability that each crop is upside down.
@@ -60,31 +52,18 @@ impl Orientation {
                     },
                 );
             }
-            let tensor =
-                TensorRef::from_array_view(([chunk.len(), 3, HEIGHT, WIDTH], input.as_slice()))
-                    .map_err(inference_err)?;
-            let mut session = self
-                .session
-                .lock()
-                .map_err(|_| inference_err("session poisoned"))?;
-            let run_opts =
-                crate::models::runtime::run_options(self.arena).map_err(inference_err)?;
-            let outputs = session
-                .run_with_options(ort::inputs![tensor], &run_opts)
-                .map_err(inference_err)?;
-            let (shape, data) = outputs[0]
-                .try_extract_tensor::<f32>()
-                .map_err(inference_err)?;
-            if shape.len() != 2 || shape[0] as usize != chunk.len() || shape[1] != 2 {
-                return Err(inference_err(format!(
-                    "orientation output has shape {:?}, expected [{}, 2]",
-                    shape.iter().collect::<Vec<_>>(),
-                    chunk.len()
-                )));
-            }
-            for row in data.chunks(2) {
-                out.push(softmax2(row[0], row[1]));
-            }
+            let shape = [chunk.len(), 3, HEIGHT, WIDTH];
+            self.model
+                .run(&shape, &input, inference_err, |shape, data| {
+                    if shape.len() != 2 || shape[0] as usize != chunk.len() || shape[1] != 2 {
+                        return Err(inference_err(format!(
+                            "orientation output has shape {shape:?}, expected [{}, 2]",
+                            chunk.len()
+                        )));
+                    }
+                    out.extend(data.chunks(2).map(|row| softmax2(row[0], row[1])));
+                    Ok(())
+                })?;
         }
         Ok(out)
     }

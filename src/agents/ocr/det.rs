@@ -1,15 +1,12 @@
 //! Text detection: a global pass over the whole image plus, for large images, overlapping
 //! native-resolution tiles whose probability maps are stitched into one.
 
-use std::sync::Mutex;
-
 use image::RgbImage;
-use ort::session::Session;
-use ort::value::TensorRef;
 
 use super::db::{self, DbParams, ProbMap};
 use super::OcrOptions;
 use crate::agents::AgentError;
+use crate::models::runtime::OnnxModel;
 use crate::vision::crop::{resize_normalize_into, Normalize, Planes, Rect};
 use crate::vision::geometry::Quad;
 use crate::vision::tiling;
@@ -21,9 +18,7 @@ pub struct DetBox {
 }
 
 pub struct Detector {
-    session: Mutex<Session>,
-    /// Whether the session uses ONNX Runtime's arena (then shrunk after each run).
-    arena: bool,
+    model: OnnxModel,
 }
 
 fn inference_err(reason: impl ToString) -> AgentError {
@@ -34,11 +29,8 @@ fn inference_err(reason: impl ToString) -> AgentError {
 }
 
 impl Detector {
-    pub fn new(session: Session, arena: bool) -> Self {
-        Self {
-            session: Mutex::new(session),
-            arena,
-        }
+    pub fn new(model: OnnxModel) -> Self {
+        Self { model }
     }
 
     /// Detects text lines; boxes are in `img` pixels.
@@ -181,32 +173,20 @@ impl Detector {
                 stride: pw,
             },
         );
-        let tensor = TensorRef::from_array_view(([1usize, 3, ph, pw], input.as_slice()))
-            .map_err(inference_err)?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| inference_err("session poisoned"))?;
-        let run_opts = crate::models::runtime::run_options(self.arena).map_err(inference_err)?;
-        let outputs = session
-            .run_with_options(ort::inputs![tensor], &run_opts)
-            .map_err(inference_err)?;
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(inference_err)?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.len() != 4 || dims[2] as usize != ph || dims[3] as usize != pw {
-            return Err(inference_err(format!(
-                "detector output has shape {dims:?}, expected [1, 1, {ph}, {pw}]: is this a DB text detector?"
-            )));
-        }
-        let mut map = ProbMap::new(sw, sh);
-        for y in 0..sh {
-            for x in 0..sw {
-                map.data[y * sw + x] = ProbMap::quantise(data[y * pw + x]);
+        self.model.run(&[1, 3, ph, pw], &input, inference_err, |dims, data| {
+            if dims.len() != 4 || dims[2] as usize != ph || dims[3] as usize != pw {
+                return Err(inference_err(format!(
+                    "detector output has shape {dims:?}, expected [1, 1, {ph}, {pw}]: is this a DB text detector?"
+                )));
             }
-        }
-        Ok(map)
+            let mut map = ProbMap::new(sw, sh);
+            for y in 0..sh {
+                for x in 0..sw {
+                    map.data[y * sw + x] = ProbMap::quantise(data[y * pw + x]);
+                }
+            }
+            Ok(map)
+        })
     }
 }
 

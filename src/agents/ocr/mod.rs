@@ -151,23 +151,18 @@ impl OcrAgent {
         };
         let keys_path = path("keys")?;
         let keys = read_keys(&keys_path)?;
-        let arena = cfg.session.arena;
-        let det = det::Detector::new(
-            runtime::open_session(env, &path("det")?, &cfg.session)?,
-            arena,
-        );
+        let open = |role: &str| -> Result<runtime::OnnxModel, AgentError> {
+            Ok(runtime::OnnxModel::open(env, &path(role)?, &cfg.session)?)
+        };
+        let det = det::Detector::new(open("det")?);
         let cls = if cfg.options.use_orientation {
-            Some(cls::Orientation::new(
-                runtime::open_session(env, &path("cls")?, &cfg.session)?,
-                arena,
-            ))
+            Some(cls::Orientation::new(open("cls")?))
         } else {
             None
         };
-        let rec_path = path("rec")?;
-        let rec_session = runtime::open_session(env, &rec_path, &cfg.session)?;
-        check_rec_classes(&rec_session, &rec_path, keys.len())?;
-        let rec = rec::Recognizer::new(rec_session, keys, arena);
+        let rec_model = open("rec")?;
+        check_rec_classes(&rec_model, &path("rec")?, keys.len())?;
+        let rec = rec::Recognizer::new(rec_model, keys);
         Ok(Self {
             definition: m.definition(),
             inner: Arc::new(Inner {
@@ -191,6 +186,12 @@ impl OcrAgent {
 
 impl Inner {
     fn read(&self, image: &Image, args: &OcrArgs) -> Result<OcrOutput, AgentError> {
+        let out = self.read_once(image, args);
+        runtime::release_freed_memory();
+        out
+    }
+
+    fn read_once(&self, image: &Image, args: &OcrArgs) -> Result<OcrOutput, AgentError> {
         let started = Instant::now();
         let _span = tracing::info_span!("ocr.read", width = image.width(), height = image.height())
             .entered();
@@ -374,19 +375,11 @@ fn read_keys(path: &Path) -> Result<Vec<String>, AgentError> {
 }
 
 fn check_rec_classes(
-    session: &ort::session::Session,
+    model: &runtime::OnnxModel,
     path: &Path,
     keys: usize,
 ) -> Result<(), AgentError> {
-    let classes = session
-        .outputs()
-        .first()
-        .and_then(|o| {
-            o.dtype()
-                .tensor_shape()
-                .map(|s| s.iter().copied().collect::<Vec<i64>>())
-        })
-        .and_then(|s| s.last().copied());
+    let classes = model.output_dims().and_then(|s| s.last().copied());
     match classes {
         Some(c) if c > 0 && c as usize != keys => Err(AgentError::Model(ModelError::BadFormat {
             path: path.to_path_buf(),

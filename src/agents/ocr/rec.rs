@@ -4,13 +4,10 @@
 //! width, so little compute goes to padding; a batch is also capped by its output size
 //! (`lines x time steps x 18385 classes` floats), which dominates both memory and time.
 
-use std::sync::Mutex;
-
 use image::RgbImage;
-use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::agents::AgentError;
+use crate::models::runtime::OnnxModel;
 use crate::vision::crop::{resize_normalize_into, Normalize, Planes, Rect};
 
 const HEIGHT: usize = 48;
@@ -36,9 +33,7 @@ pub struct Recognised {
 }
 
 pub struct Recognizer {
-    session: Mutex<Session>,
-    /// Whether the session uses ONNX Runtime's arena (then shrunk after each run).
-    arena: bool,
+    model: OnnxModel,
     keys: Vec<String>,
 }
 
@@ -51,12 +46,8 @@ fn inference_err(reason: impl ToString) -> AgentError {
 
 impl Recognizer {
     /// `keys[i]` is the character of output class `i`; class 0 is the CTC blank.
-    pub fn new(session: Session, keys: Vec<String>, arena: bool) -> Self {
-        Self {
-            session: Mutex::new(session),
-            arena,
-            keys,
-        }
+    pub fn new(model: OnnxModel, keys: Vec<String>) -> Self {
+        Self { model, keys }
     }
 
     pub fn recognise(
@@ -131,41 +122,25 @@ impl Recognizer {
                 },
             );
         }
-        let tensor =
-            TensorRef::from_array_view(([batch.len(), 3, HEIGHT, batch_w], input.as_slice()))
-                .map_err(inference_err)?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| inference_err("session poisoned"))?;
-        let run_opts = crate::models::runtime::run_options(self.arena).map_err(inference_err)?;
-        let outputs = session
-            .run_with_options(ort::inputs![tensor], &run_opts)
-            .map_err(inference_err)?;
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(inference_err)?;
-        if shape.len() != 3
-            || shape[0] as usize != batch.len()
-            || shape[2] as usize != self.keys.len()
-        {
-            return Err(inference_err(format!(
-                "recogniser output has shape {:?}, expected [{}, T, {}] (one class per line of the keys file)",
-                shape.iter().collect::<Vec<_>>(),
-                batch.len(),
-                self.keys.len()
-            )));
-        }
-        let steps = shape[1] as usize;
-        let classes = self.keys.len();
-        Ok((0..batch.len())
-            .map(|b| {
-                // Only the steps covering the line itself, not its padding.
-                let used = (widths[batch[b]].min(batch_w).div_ceil(STEP) + 1).min(steps);
-                let probs = &data[b * steps * classes..(b + 1) * steps * classes];
-                ctc_greedy(probs, steps, classes, used, &self.keys, restore_spaces)
-            })
-            .collect())
+        let shape = [batch.len(), 3, HEIGHT, batch_w];
+        self.model.run(&shape, &input, inference_err, |shape, data| {
+            let classes = self.keys.len();
+            if shape.len() != 3 || shape[0] as usize != batch.len() || shape[2] as usize != classes {
+                return Err(inference_err(format!(
+                    "recogniser output has shape {shape:?}, expected [{}, T, {classes}] (one class per line of the keys file)",
+                    batch.len(),
+                )));
+            }
+            let steps = shape[1] as usize;
+            Ok((0..batch.len())
+                .map(|b| {
+                    // Only the steps covering the line itself, not its padding.
+                    let used = (widths[batch[b]].min(batch_w).div_ceil(STEP) + 1).min(steps);
+                    let probs = &data[b * steps * classes..(b + 1) * steps * classes];
+                    ctc_greedy(probs, steps, classes, used, &self.keys, restore_spaces)
+                })
+                .collect())
+        })
     }
 }
 
