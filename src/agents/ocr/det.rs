@@ -211,7 +211,8 @@ impl Unresolved {
         let cut = ProbMap::quantise(UNRESOLVED_PROB);
         let mut mask: Vec<bool> = map.data.iter().map(|&v| v > cut).collect();
         for q in boxes {
-            // The unclipped box plus a pixel of margin explains its own fuzzy border.
+            // Pixels inside a found (already unclipped, so generously sized) box are explained;
+            // a nearly flat box explains its whole bounding rectangle.
             let b = q.bbox();
             let x0 = (b.x1.floor() as i64 - 1).max(0) as usize;
             let y0 = (b.y1.floor() as i64 - 1).max(0) as usize;
