@@ -40,8 +40,6 @@ pub enum AgentError {
     Inference { agent: String, reason: String },
     #[error("agent manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
-    #[error("{agent} did not finish within {seconds:.1} s")]
-    Timeout { agent: String, seconds: f64 },
 }
 
 /// A typed expert agent.
