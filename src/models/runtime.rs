@@ -139,25 +139,24 @@ pub fn open_session(
 }
 
 /// A model with one float tensor in and one float tensor out — every PaddleOCR model — behind
-/// a lock (ONNX Runtime sessions run one call at a time).
+/// a lock (ONNX Runtime sessions run one call at a time), with its run options made once.
 pub struct OnnxModel {
-    session: Mutex<Session>,
-    arena: bool,
+    session: Mutex<(Session, ort::session::RunOptions)>,
 }
 
 impl OnnxModel {
     /// Opens the model at `path` (see [`open_session`]).
     pub fn open(env: &Environment, path: &Path, opts: &SessionOptions) -> Result<Self, ModelError> {
+        let session = open_session(env, path, opts)?;
         Ok(Self {
-            session: Mutex::new(open_session(env, path, opts)?),
-            arena: opts.arena,
+            session: Mutex::new((session, run_options(opts.arena)?)),
         })
     }
 
     /// The declared shape of the first output (`-1` for dynamic axes), if the model has one.
     pub fn output_dims(&self) -> Option<Vec<i64>> {
-        let session = self.session.lock().ok()?;
-        let out = session.outputs().first()?;
+        let guard = self.session.lock().ok()?;
+        let out = guard.0.outputs().first()?;
         out.dtype()
             .tensor_shape()
             .map(|s| s.iter().copied().collect())
@@ -173,13 +172,13 @@ impl OnnxModel {
         f: impl FnOnce(&[i64], &[f32]) -> Result<R, E>,
     ) -> Result<R, E> {
         let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| err(e.to_string()))?;
-        let mut session = self
+        let mut guard = self
             .session
             .lock()
             .map_err(|_| err("an earlier call panicked inside this model".into()))?;
-        let run_opts = run_options(self.arena).map_err(|e| err(e.to_string()))?;
+        let (session, run_opts) = &mut *guard;
         let outputs = session
-            .run_with_options(ort::inputs![tensor], &run_opts)
+            .run_with_options(ort::inputs![tensor], run_opts)
             .map_err(|e| err(e.to_string()))?;
         let (out_shape, data) = outputs[0]
             .try_extract_tensor::<f32>()

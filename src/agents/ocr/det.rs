@@ -11,12 +11,6 @@ use crate::vision::crop::{resize_normalize_into, Normalize, Planes, Rect};
 use crate::vision::geometry::Quad;
 use crate::vision::tiling;
 
-/// A detected text line in original-image pixels.
-#[derive(Debug, Clone, Copy)]
-pub struct DetBox {
-    pub quad: Quad,
-}
-
 pub struct Detector {
     model: OnnxModel,
 }
@@ -33,8 +27,8 @@ impl Detector {
         Self { model }
     }
 
-    /// Detects text lines; boxes are in `img` pixels.
-    pub fn detect(&self, img: &RgbImage, opts: &OcrOptions) -> Result<Vec<DetBox>, AgentError> {
+    /// Detects text lines; quads are in `img` pixels.
+    pub fn detect(&self, img: &RgbImage, opts: &OcrOptions) -> Result<Vec<Quad>, AgentError> {
         let (w, h) = img.dimensions();
         let params = DbParams {
             thresh: opts.det_thresh,
@@ -56,17 +50,7 @@ impl Detector {
             .collect();
         drop(_s);
         let (sx, sy) = (w as f32 / map.width as f32, h as f32 / map.height as f32);
-        let global: Vec<DetBox> = quads
-            .iter()
-            .map(|q| DetBox {
-                quad: q.map(|p| {
-                    [
-                        (p[0] * sx).clamp(0.0, w as f32),
-                        (p[1] * sy).clamp(0.0, h as f32),
-                    ]
-                }),
-            })
-            .collect();
+        let global: Vec<Quad> = quads.iter().map(|q| to_image(q, sx, sy, w, h)).collect();
         if global_scale >= 1.0 || !opts.tiling {
             return Ok(global);
         }
@@ -82,7 +66,7 @@ impl Detector {
         opts: &OcrOptions,
         params: &DbParams,
         unresolved: &Unresolved,
-    ) -> Result<Vec<DetBox>, AgentError> {
+    ) -> Result<Vec<Quad>, AgentError> {
         let (w, h) = img.dimensions();
         let tile = opts.tile_size.max(64);
         let overlap = opts.tile_overlap.min(tile / 2);
@@ -143,14 +127,7 @@ impl Detector {
         let inv = 1.0 / scale;
         Ok(db::boxes(&stitched, params)
             .into_iter()
-            .map(|(q, _score)| DetBox {
-                quad: q.map(|p| {
-                    [
-                        (p[0] * inv).clamp(0.0, w as f32),
-                        (p[1] * inv).clamp(0.0, h as f32),
-                    ]
-                }),
-            })
+            .map(|(q, _)| to_image(&q, inv, inv, w, h))
             .collect())
     }
 
@@ -188,6 +165,17 @@ impl Detector {
             Ok(map)
         })
     }
+}
+
+/// Maps a quad from probability-map pixels to image pixels (`sx`, `sy` image pixels per map
+/// pixel), clamped to the `w x h` image.
+fn to_image(q: &Quad, sx: f32, sy: f32, w: u32, h: u32) -> Quad {
+    q.map(|p| {
+        [
+            (p[0] * sx).clamp(0.0, w as f32),
+            (p[1] * sy).clamp(0.0, h as f32),
+        ]
+    })
 }
 
 /// Global-map pixels that look like text (probability above [`UNRESOLVED_PROB`]) but lie
@@ -278,12 +266,12 @@ fn paste(
 /// a tile that was not read) or saw only fragments of it at a tile's edge — and the tile boxes
 /// lying inside it are dropped as those fragments. Only same-row boxes count, so the unclipped
 /// boxes of the lines above and below never hide a line.
-fn merge_global_into_tiled(mut tiled: Vec<DetBox>, global: Vec<DetBox>) -> Vec<DetBox> {
-    let tiled_boxes: Vec<_> = tiled.iter().map(|t| t.quad.bbox()).collect();
+fn merge_global_into_tiled(mut tiled: Vec<Quad>, global: Vec<Quad>) -> Vec<Quad> {
+    let tiled_boxes: Vec<_> = tiled.iter().map(Quad::bbox).collect();
     let mut drop_tiled = vec![false; tiled.len()];
     let mut keep_global = Vec::new();
     for g in global {
-        let gb = g.quad.bbox();
+        let gb = g.bbox();
         if gb.area() <= 0.0 {
             continue;
         }

@@ -160,8 +160,9 @@ impl OcrAgent {
         } else {
             None
         };
-        let rec_model = open("rec")?;
-        check_rec_classes(&rec_model, &path("rec")?, keys.len())?;
+        let rec_path = path("rec")?;
+        let rec_model = runtime::OnnxModel::open(env, &rec_path, &cfg.session)?;
+        check_rec_classes(&rec_model, &rec_path, keys.len())?;
         let rec = rec::Recognizer::new(rec_model, keys);
         Ok(Self {
             definition: m.definition(),
@@ -219,7 +220,7 @@ impl Inner {
         };
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let boxes = self.det.detect(rgb, &self.options)?;
-        let crops: Vec<image::RgbImage> = boxes.iter().map(|b| crop_quad(rgb, &b.quad)).collect();
+        let crops: Vec<image::RgbImage> = boxes.iter().map(|q| crop_quad(rgb, q)).collect();
         let mut texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
         let mut flipped = vec![false; crops.len()];
         if let Some(cls) = &self.cls {
@@ -231,10 +232,7 @@ impl Inner {
             .zip(flipped)
             .filter(|((_, t), _)| !t.text.is_empty() && t.confidence >= self.options.min_confidence)
             .map(|((b, t), upside_down)| {
-                let quad = b
-                    .quad
-                    .map(|p| [p[0] + offset[0], p[1] + offset[1]])
-                    .rounded();
+                let quad = b.map(|p| [p[0] + offset[0], p[1] + offset[1]]).rounded();
                 TextLine {
                     text: t.text,
                     confidence: t.confidence,

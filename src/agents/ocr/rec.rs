@@ -223,7 +223,6 @@ fn space_gaps(
     if chars.len() < 2 {
         return out;
     }
-    let (weak, strong) = (SPACE_PROB_WEAK, SPACE_PROB_STRONG);
     let mut gaps: Vec<usize> = chars.windows(2).map(|w| w[1].1 - w[0].1).collect();
     gaps.sort_unstable();
     let median = gaps[gaps.len() / 2];
@@ -232,7 +231,7 @@ fn space_gaps(
         let p = (a + 1..b)
             .map(|t| probs[t * classes + space])
             .fold(0f32, f32::max);
-        if p >= strong || (p >= weak && b - a > median) {
+        if p >= SPACE_PROB_STRONG || (p >= SPACE_PROB_WEAK && b - a > median) {
             out[i] = true;
         }
     }
