@@ -16,7 +16,10 @@
 //! Each layer has its own error enum; only the `p2g` binary folds them into `anyhow`.
 
 pub mod agents;
+pub mod controller;
 pub mod models;
+pub mod orchestrator;
+pub mod trace;
 pub mod vision;
 
 /// The README's code examples, compiled as doctests so they cannot drift from the API.

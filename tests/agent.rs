@@ -16,7 +16,12 @@ async fn the_ocr_tool_is_described_and_called_with_json() {
 
     let image = Image::open(&common::fixture("header.png"), &LoadOptions::default()).unwrap();
     let all = agent.call(&image, serde_json::json!({})).await.unwrap();
-    let lines = all["lines"].as_array().unwrap();
+    assert_eq!(
+        all.findings.len(),
+        all.output["lines"].as_array().unwrap().len()
+    );
+    assert!(all.findings.iter().any(|f| f.text == "789417-W"));
+    let lines = all.output["lines"].as_array().unwrap();
     assert!(lines.iter().any(|l| l["text"] == "789417-W"), "{lines:?}");
 
     // Only the band of the company name, not the registration number below it.
@@ -24,7 +29,7 @@ async fn the_ocr_tool_is_described_and_called_with_json() {
         .call(&image, serde_json::json!({ "region": [0, 75, 463, 117] }))
         .await
         .unwrap();
-    let texts: Vec<&str> = top["lines"]
+    let texts: Vec<&str> = top.output["lines"]
         .as_array()
         .unwrap()
         .iter()

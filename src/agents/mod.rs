@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::models::ModelError;
-use crate::vision::{Image, VisionError};
+use crate::vision::{BBox, Image, VisionError};
 
 pub use manifest::AgentManifest;
 
@@ -25,6 +25,33 @@ pub struct ToolDefinition {
     pub name: String,
     pub description: String,
     pub parameters: serde_json::Value,
+}
+
+/// One located thing an agent reports: a line of text read, or an object found. The
+/// orchestrator numbers findings as regions (`r1`, `r2`, …) that answers cite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Where, in image pixels.
+    pub bbox: BBox,
+    /// The text read, or the phrase an object matched.
+    pub text: String,
+    pub kind: FindingKind,
+    /// The agent's confidence in 0..1.
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    Text,
+    Object,
+}
+
+/// What a type-erased call returns: the agent's own output as JSON, plus its findings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentReply {
+    pub output: serde_json::Value,
+    pub findings: Vec<Finding>,
 }
 
 /// Errors of the agents layer.
@@ -55,6 +82,9 @@ pub trait Agent: Send + Sync {
     /// The definition offered to controllers.
     fn definition(&self) -> ToolDefinition;
 
+    /// The located results in an output, in the order a reader should see them.
+    fn findings(&self, output: &Self::Output) -> Vec<Finding>;
+
     /// Runs the agent on an image.
     fn run(
         &self,
@@ -74,7 +104,7 @@ pub trait DynAgent: Send + Sync {
         &'a self,
         image: &'a Image,
         args: serde_json::Value,
-    ) -> BoxFuture<'a, Result<serde_json::Value, AgentError>>;
+    ) -> BoxFuture<'a, Result<AgentReply, AgentError>>;
 }
 
 impl<A: Agent> DynAgent for A {
@@ -90,7 +120,7 @@ impl<A: Agent> DynAgent for A {
         &'a self,
         image: &'a Image,
         args: serde_json::Value,
-    ) -> BoxFuture<'a, Result<serde_json::Value, AgentError>> {
+    ) -> BoxFuture<'a, Result<AgentReply, AgentError>> {
         Box::pin(async move {
             let args: A::Args =
                 serde_json::from_value(args).map_err(|e| AgentError::Arguments {
@@ -98,10 +128,12 @@ impl<A: Agent> DynAgent for A {
                     reason: e.to_string(),
                 })?;
             let out = self.run(image, args).await?;
-            serde_json::to_value(out).map_err(|e| AgentError::Inference {
+            let findings = self.findings(&out);
+            let output = serde_json::to_value(out).map_err(|e| AgentError::Inference {
                 agent: Agent::name(self).to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+            Ok(AgentReply { output, findings })
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Argument parsing and dispatch for the `p2g` binary.
 
+mod ask;
 mod models;
 mod ocr;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ask a question about an image; the controller calls agents until it can answer.
+    Ask(ask::AskCmd),
     /// Read the text in one or more images (PP-OCRv5).
     Ocr(ocr::OcrCmd),
     /// List, fetch, verify or locate the pinned model files.
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
+        Command::Ask(cmd) => ask::run(cmd),
         Command::Ocr(cmd) => ocr::run(cmd),
         Command::Models(cmd) => models::run(cmd),
     };

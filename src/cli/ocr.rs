@@ -81,7 +81,7 @@ pub struct OcrCmd {
     no_restore_spaces: bool,
 }
 
-fn parse_bbox(s: &str) -> Result<BBox, String> {
+pub fn parse_bbox(s: &str) -> Result<BBox, String> {
     let v: Vec<f32> = s
         .split(',')
         .map(|p| p.trim().parse::<f32>())

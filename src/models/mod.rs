@@ -8,6 +8,7 @@
 //! point at a folder of their own files ([`ModelSource::Dir`]): then hashes are not required,
 //! but a missing or malformed file still gets a clear error.
 
+pub mod gguf;
 mod manifest;
 pub mod runtime;
 mod store;

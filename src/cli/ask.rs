@@ -1,0 +1,91 @@
+//! `p2g ask`: one question about one image.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use p2g::orchestrator::{AskOptions, Grounding};
+use p2g::trace::TraceSink;
+use p2g::vision::{BBox, Image, LoadOptions};
+
+use super::setup::{build, LoopArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct AskCmd {
+    /// The image (JPEG, PNG, WebP, TIFF, BMP).
+    image: PathBuf,
+
+    /// The question.
+    question: String,
+
+    /// Print {"answer","grounding","steps","elapsed_ms","linked"} as one JSON object.
+    #[arg(long)]
+    json: bool,
+
+    /// Append every step as a JSON line to FILE (read it with `p2g trace show FILE`).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+
+    /// Ask about this region: x1,y1,x2,y2 in image pixels.
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox)]
+    region: Option<BBox>,
+
+    #[command(flatten)]
+    args: LoopArgs,
+}
+
+#[derive(Serialize)]
+struct JsonAnswer<'a> {
+    answer: &'a str,
+    grounding: &'a [Grounding],
+    steps: usize,
+    elapsed_ms: u64,
+    linked: &'a str,
+}
+
+pub fn run(cmd: AskCmd) -> Result<ExitCode> {
+    let image = Image::open(
+        &cmd.image,
+        &LoadOptions {
+            max_pixels: cmd.args.max_pixels,
+        },
+    )?;
+    let orch = build(&cmd.args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut session = orch.session(image, &cmd.image);
+    if let Some(path) = &cmd.trace {
+        session.set_trace(
+            TraceSink::to_file(path)
+                .with_context(|| format!("cannot open the trace file {}", path.display()))?,
+        );
+    }
+    let opts = AskOptions {
+        region: cmd.region,
+        ..Default::default()
+    };
+    let answer = rt.block_on(session.ask(&cmd.question, opts))?;
+    let mut out = std::io::stdout().lock();
+    if cmd.json {
+        serde_json::to_writer(
+            &mut out,
+            &JsonAnswer {
+                answer: &answer.answer,
+                grounding: &answer.grounding,
+                steps: answer.steps,
+                elapsed_ms: answer.elapsed_ms,
+                linked: &answer.linked,
+            },
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", answer.linked)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,104 @@
+//! What `ask`, `repl` and `eval` share: building the orchestrator from command-line options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use p2g::agents::ocr::{OcrAgent, OcrConfig};
+use p2g::controller::embedded::EmbeddedConfig;
+use p2g::controller::prompt::Prompts;
+use p2g::controller::{ControllerChoice, EmbeddedController};
+use p2g::models::{ModelSource, Store};
+use p2g::orchestrator::Orchestrator;
+
+use super::ModelArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControllerArg {
+    /// Qwen2.5-Coder-0.5B-Instruct (default).
+    Qwen,
+    /// SmolLM2-135M-Instruct: smaller and faster, much weaker.
+    Smollm2,
+}
+
+/// Options of the grounding loop.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoopArgs {
+    /// The embedded controller model.
+    #[arg(long, value_enum, default_value = "qwen")]
+    pub controller: ControllerArg,
+
+    /// A GGUF chat model (qwen2 or llama architecture) to use as the controller instead.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub controller_model: Option<PathBuf>,
+
+    /// Prompt templates overriding the built-in ones (see prompts/README.md); also P2G_PROMPTS.
+    #[arg(long, value_name = "DIR", env = "P2G_PROMPTS")]
+    pub prompts: Option<PathBuf>,
+
+    /// Offer the controller no agents (it answers from the question alone).
+    #[arg(long)]
+    pub no_agents: bool,
+
+    /// Controller decisions per question; the last may only answer.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub max_steps: usize,
+
+    /// Stop an agent call after this many seconds (the controller is told).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub agent_timeout: u64,
+
+    /// Let the controller write tool calls freely (parsed, repaired once) instead of building
+    /// them under constraints.
+    #[arg(long)]
+    pub unconstrained: bool,
+
+    /// Refuse images with more pixels than this (protects against decompression bombs).
+    #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+pub fn build(args: &LoopArgs) -> Result<Orchestrator> {
+    let store = Store::open_default()?;
+    let source = match &args.models.model_dir {
+        Some(dir) => ModelSource::Dir(dir.clone()),
+        None => ModelSource::Store(store.clone()),
+    };
+    let prompts = match &args.prompts {
+        Some(dir) => Prompts::with_overrides(dir)?,
+        None => Prompts::embedded()?,
+    };
+    let mut cfg = EmbeddedConfig::new(prompts);
+    cfg.constrained = !args.unconstrained;
+    let choice = match args.controller {
+        ControllerArg::Qwen => ControllerChoice::Qwen,
+        ControllerArg::Smollm2 => ControllerChoice::Smollm2,
+    };
+    let controller = match &args.controller_model {
+        Some(path) => {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "custom".into());
+            EmbeddedController::from_file(path, &name, cfg)
+        }
+        None => EmbeddedController::load(choice, &source, cfg),
+    }
+    .context("cannot load the controller model")?;
+    let mut b = Orchestrator::builder()
+        .controller(controller)
+        .max_steps(args.max_steps)
+        .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)));
+    if !args.no_agents {
+        let mut ocr = OcrConfig::embedded()?;
+        if let Some(t) = args.models.threads {
+            ocr.session.intra_threads = t;
+        }
+        b = b.agent(OcrAgent::load(&source, &store, ocr).context("cannot load the OCR agent")?);
+    }
+    Ok(b.build()?)
+}

@@ -1,0 +1,640 @@
+//! An in-process language model read from one GGUF file: weights, tokenizer and chat template
+//! all come from the file, so nothing else has to be fetched.
+//!
+//! [`LanguageModel`] is the loaded, immutable model; a [`Session`] is one conversation's state
+//! (KV cache plus the tokens it holds). A session is driven in small steps — set the prompt,
+//! push forced text, let the model [`choose`](Session::choose) among strings or generate
+//! [`free`](Session::free) text under a filter — which is how the embedded controller makes its
+//! tool calls well-formed by construction. Setting a prompt that shares a prefix with what the
+//! session already holds only runs the new tokens.
+
+pub mod transformer;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use tokenizers::Tokenizer;
+
+pub use transformer::{Arch, Config, KvCache, Transformer};
+
+/// Errors of the in-process language model.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable GGUF model: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("the model file is damaged or not supported: {0}")]
+    BadModel(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error(
+        "the conversation needs {needed} tokens but the controller's context holds {max}; \
+         ask about a smaller region or start a new conversation"
+    )]
+    ContextFull { needed: usize, max: usize },
+    #[error("generation was cancelled")]
+    Cancelled,
+    #[error("model computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Tokens fed to the model per forward pass: bounds the attention scratch memory.
+const PREFILL_CHUNK: usize = 512;
+
+/// A loaded model with its tokenizer.
+pub struct LanguageModel {
+    name: String,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    /// Every token's bytes (byte-level BPE undone), for constrained decoding and streaming.
+    token_bytes: Vec<Vec<u8>>,
+    /// Control tokens (`<|im_start|>` …): never produced by constrained steps.
+    special: Vec<bool>,
+    /// Tokens that end a turn.
+    stop_tokens: Vec<u32>,
+    chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel")
+            .field("name", &self.name)
+            .field("config", self.model.config())
+            .finish()
+    }
+}
+
+/// GPT-2's byte-to-printable-character table, inverted: token strings in a byte-level BPE
+/// vocabulary spell bytes with these characters.
+fn byte_decoder() -> std::collections::HashMap<char, u8> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    bs.into_iter()
+        .zip(cs)
+        .filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8)))
+        .collect()
+}
+
+impl LanguageModel {
+    /// Loads a GGUF file. `max_context` caps the positions the rotary tables (and so the KV
+    /// cache) cover.
+    pub fn load(path: &Path, max_context: usize) -> Result<Self, LlmError> {
+        let file = File::open(path).map_err(|source| LlmError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::new(file);
+        let bad = |reason: String| LlmError::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let ct = gguf_file::Content::read(&mut reader).map_err(|e| bad(e.to_string()))?;
+        let cfg = Config::from_gguf(&ct).map_err(bad)?;
+        let mut tokenizer = Tokenizer::from_gguf(&ct).map_err(|e| bad(e.to_string()))?;
+        let pre = ct
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        fix_pre_tokenizer(&mut tokenizer, &pre);
+        let tokens: Vec<String> = ct
+            .metadata
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| {
+                v.iter()
+                    .map(|t| t.to_string().cloned().unwrap_or_default())
+                    .collect()
+            })
+            .ok_or_else(|| bad("no tokenizer.ggml.tokens".into()))?;
+        let types: Vec<u32> = ct
+            .metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| v.iter().map(|t| t.to_u32().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let dec = byte_decoder();
+        let token_bytes: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| {
+                t.chars()
+                    .map(|c| dec.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| t.as_bytes().to_vec())
+            })
+            .collect();
+        let special: Vec<bool> = (0..tokens.len())
+            .map(|i| matches!(types.get(i), Some(2..=5)))
+            .collect();
+        let mut stop_tokens = Vec::new();
+        if let Some(eos) = ct
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok())
+        {
+            stop_tokens.push(eos);
+        }
+        for s in ["<|im_end|>", "<|endoftext|>"] {
+            if let Some(id) = tokens.iter().position(|t| t == s) {
+                stop_tokens.push(id as u32);
+            }
+        }
+        let chat_template = ct
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let name = ct
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| path.display().to_string());
+        let model = Transformer::load(&ct, &mut reader, cfg, max_context)?;
+        Ok(Self {
+            name,
+            model,
+            tokenizer,
+            token_bytes,
+            special,
+            stop_tokens,
+            chat_template,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.model.max_context()
+    }
+
+    /// The chat template the GGUF carries (a Jinja template), if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Tokenises text; special-token strings (`<|im_start|>`) become their single ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| LlmError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The bytes a token stands for.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn is_stop(&self, id: u32) -> bool {
+        self.stop_tokens.contains(&id)
+    }
+}
+
+/// The GGUF metadata names a pre-tokenizer candle only knows for some models; SmolLM's
+/// (`smollm`) splits digits one by one and adds no prefix space, as its tokenizer.json does.
+fn fix_pre_tokenizer(tok: &mut Tokenizer, pre: &str) {
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    if pre == "smollm" {
+        let seq: Vec<PreTokenizerWrapper> = vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ];
+        tok.with_pre_tokenizer(Some(Sequence::new(seq)));
+    }
+}
+
+/// Why free generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// The text reached a stop condition of the caller.
+    Stop,
+    /// The token budget ran out.
+    Length,
+}
+
+/// Counters of one session, reset by [`Session::take_stats`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Tokens of the prompts set, all told.
+    pub prompt_tokens: usize,
+    /// Of those, tokens already in the KV cache and not run again.
+    pub reused_tokens: usize,
+    /// Tokens run in prefill passes (prompt remainder and forced text).
+    pub prefill_tokens: usize,
+    pub prefill_ms: f64,
+    /// Tokens the model chose, one pass each.
+    pub generated_tokens: usize,
+    pub decode_ms: f64,
+}
+
+/// One conversation's state on a shared model.
+pub struct Session {
+    lm: Arc<LanguageModel>,
+    cache: KvCache,
+    /// Tokens whose keys and values are in the cache.
+    fed: Vec<u32>,
+    /// Tokens decided but not yet run.
+    pending: Vec<u32>,
+    /// Logits after the last fed token, while nothing is pending.
+    logits: Option<Vec<f32>>,
+    cancel: Arc<AtomicBool>,
+    stats: Stats,
+}
+
+impl Session {
+    pub fn new(lm: Arc<LanguageModel>) -> Self {
+        Self {
+            lm,
+            cache: KvCache::default(),
+            fed: Vec::new(),
+            pending: Vec::new(),
+            logits: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.lm
+    }
+
+    /// Generation checks this flag between forward passes; a set flag ends it with
+    /// [`LlmError::Cancelled`].
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
+    }
+
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Tokens the conversation holds (fed and pending).
+    pub fn len(&self) -> usize {
+        self.fed.len() + self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes `tokens` the conversation so far, keeping the cached prefix it shares with what
+    /// the session held.
+    pub fn set_prompt(&mut self, tokens: &[u32]) {
+        let held: Vec<u32> = self.fed.iter().chain(&self.pending).copied().collect();
+        let mut common = held
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.fed.len());
+        // The last prompt token is run again so its logits exist.
+        if common == tokens.len() {
+            common = common.saturating_sub(1);
+        }
+        self.fed.truncate(common);
+        self.cache.truncate(common);
+        self.pending = tokens[common..].to_vec();
+        self.logits = None;
+        self.stats.prompt_tokens += tokens.len();
+        self.stats.reused_tokens += common;
+    }
+
+    /// Appends text the model did not choose (forced by the caller).
+    pub fn push_text(&mut self, text: &str) -> Result<(), LlmError> {
+        let ids = self.lm.encode(text)?;
+        self.pending.extend(ids);
+        self.logits = None;
+        Ok(())
+    }
+
+    fn check_cancel(&self) -> Result<(), LlmError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(LlmError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Runs whatever is pending and returns the next-token logits.
+    fn logits(&mut self) -> Result<&[f32], LlmError> {
+        if self.logits.is_none() || !self.pending.is_empty() {
+            if self.pending.is_empty() {
+                // Only possible right after a prompt equal to the cache: re-run the last token.
+                let last = self
+                    .fed
+                    .pop()
+                    .ok_or_else(|| LlmError::Internal("no tokens to run".into()))?;
+                self.cache.truncate(self.fed.len());
+                self.pending.push(last);
+            }
+            let pending = std::mem::take(&mut self.pending);
+            let started = Instant::now();
+            let mut out = Vec::new();
+            for chunk in pending.chunks(PREFILL_CHUNK) {
+                self.check_cancel()?;
+                match self.lm.model.forward(chunk, &mut self.cache) {
+                    Ok(l) => out = l,
+                    Err(e) => {
+                        // Keep the session consistent with the cache it has.
+                        self.fed.truncate(self.cache.len().min(self.fed.len()));
+                        return Err(e);
+                    }
+                }
+                self.fed.extend_from_slice(chunk);
+            }
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if pending.len() == 1 {
+                self.stats.decode_ms += ms;
+            } else {
+                self.stats.prefill_ms += ms;
+                self.stats.prefill_tokens += pending.len();
+            }
+            self.logits = Some(out);
+        }
+        self.logits
+            .as_deref()
+            .ok_or_else(|| LlmError::Internal("no logits".into()))
+    }
+
+    fn accept(&mut self, id: u32) {
+        self.pending.push(id);
+        self.logits = None;
+        self.stats.generated_tokens += 1;
+    }
+
+    /// The highest-scoring token that `allowed` accepts: the top candidates are tried first,
+    /// then the whole vocabulary.
+    fn best_allowed(
+        &mut self,
+        mut allowed: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<Option<u32>, LlmError> {
+        let lm = self.lm.clone();
+        let logits = self.logits()?;
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        const TOP: usize = 64;
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        if idx.len() > TOP {
+            idx.select_nth_unstable_by(TOP, by_logit);
+            let (top, _) = idx.split_at_mut(TOP);
+            top.sort_unstable_by(by_logit);
+        }
+        for &id in idx.iter().take(TOP) {
+            if allowed(id, lm.token_bytes(id)) {
+                return Ok(Some(id));
+            }
+        }
+        let mut best: Option<u32> = None;
+        for &id in idx.iter().skip(TOP) {
+            if best.is_some_and(|b| logits[id as usize] <= logits[b as usize]) {
+                continue;
+            }
+            if allowed(id, lm.token_bytes(id)) {
+                best = Some(id);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Whether the model's most likely next token starts with `prefix` (or is a prefix of it).
+    pub fn next_starts_with(&mut self, prefix: &[u8]) -> Result<bool, LlmError> {
+        let lm = self.lm.clone();
+        let logits = self.logits()?;
+        let best = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        let b = lm.token_bytes(best);
+        Ok(!b.is_empty() && (b.starts_with(prefix) || prefix.starts_with(b)))
+    }
+
+    /// Lets the model pick one of `options` (none a prefix of another), token by token under
+    /// the constraint that the text stays a prefix of some option. Returns the option's index.
+    pub fn choose(&mut self, options: &[String]) -> Result<usize, LlmError> {
+        if options.is_empty() {
+            return Err(LlmError::Internal("choose among no options".into()));
+        }
+        let mut text: Vec<u8> = Vec::new();
+        loop {
+            self.check_cancel()?;
+            if let Some(i) = options.iter().position(|o| o.as_bytes() == text.as_slice()) {
+                return Ok(i);
+            }
+            let lm = self.lm.clone();
+            let next = self.best_allowed(|id, bytes| {
+                if bytes.is_empty() || lm.special.get(id as usize).copied().unwrap_or(false) {
+                    return false;
+                }
+                options.iter().any(|o| {
+                    let o = o.as_bytes();
+                    o.len() >= text.len() + bytes.len()
+                        && o.starts_with(&text)
+                        && &o[text.len()..text.len() + bytes.len()] == bytes
+                })
+            })?;
+            let id =
+                next.ok_or_else(|| LlmError::Internal("no token continues any option".into()))?;
+            text.extend_from_slice(self.lm.token_bytes(id));
+            self.accept(id);
+        }
+    }
+
+    /// Free generation: greedy tokens (control tokens excluded, except those ending the turn),
+    /// each accepted only if `allowed(text_so_far, token_bytes)`; stops at the end of the turn,
+    /// when `done(text)` says so, or after `max_tokens`. `on_text` sees the text as it grows.
+    pub fn free(
+        &mut self,
+        max_tokens: usize,
+        mut allowed: impl FnMut(&[u8], &[u8]) -> bool,
+        mut done: impl FnMut(&[u8]) -> bool,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<(String, StopReason), LlmError> {
+        let mut text: Vec<u8> = Vec::new();
+        let mut shown = 0usize;
+        for _ in 0..max_tokens {
+            self.check_cancel()?;
+            let lm = self.lm.clone();
+            let next = self.best_allowed(|id, bytes| {
+                if lm.is_stop(id) {
+                    return true;
+                }
+                !bytes.is_empty()
+                    && !lm.special.get(id as usize).copied().unwrap_or(false)
+                    && allowed(&text, bytes)
+            })?;
+            let Some(id) = next else {
+                return Ok((
+                    String::from_utf8_lossy(&text).into_owned(),
+                    StopReason::Stop,
+                ));
+            };
+            if lm.is_stop(id) {
+                // The end-of-turn token is part of the conversation the next prompt renders.
+                self.accept(id);
+                return Ok((
+                    String::from_utf8_lossy(&text).into_owned(),
+                    StopReason::EndOfTurn,
+                ));
+            }
+            text.extend_from_slice(lm.token_bytes(id));
+            self.accept(id);
+            // Stream only whole characters.
+            let valid = match std::str::from_utf8(&text[shown..]) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            if valid > 0 {
+                if let Ok(s) = std::str::from_utf8(&text[shown..shown + valid]) {
+                    on_text(s);
+                }
+                shown += valid;
+            }
+            if done(&text) {
+                return Ok((
+                    String::from_utf8_lossy(&text).into_owned(),
+                    StopReason::Stop,
+                ));
+            }
+        }
+        Ok((
+            String::from_utf8_lossy(&text).into_owned(),
+            StopReason::Length,
+        ))
+    }
+
+    /// Generates the contents of a JSON string (the opening quote already written) up to and
+    /// including its closing quote, on one line. A token that would close the string and go
+    /// on (`",`) is replaced by the bare quote, so what follows is the caller's to write.
+    /// Returns the contents without the quote and whether the string was closed.
+    pub fn free_string(
+        &mut self,
+        max_tokens: usize,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<(String, bool), LlmError> {
+        let quote = self
+            .lm
+            .encode("\"")?
+            .first()
+            .copied()
+            .ok_or_else(|| LlmError::Tokenizer("no token for a quote".into()))?;
+        let mut text: Vec<u8> = Vec::new();
+        let mut shown = 0usize;
+        for _ in 0..max_tokens {
+            self.check_cancel()?;
+            let lm = self.lm.clone();
+            let next = self.best_allowed(|id, bytes| {
+                !bytes.is_empty()
+                    && !lm.special.get(id as usize).copied().unwrap_or(false)
+                    && !bytes.iter().any(|&b| b < 0x20)
+            })?;
+            let Some(id) = next else { break };
+            let bytes = lm.token_bytes(id);
+            // Where this token would close the string, if it does.
+            let mut escaped = text.last() == Some(&b'\\') && {
+                let n = text.iter().rev().take_while(|&&b| b == b'\\').count();
+                n % 2 == 1
+            };
+            let mut close = None;
+            for (i, &b) in bytes.iter().enumerate() {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => {
+                        close = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match close {
+                Some(i) => {
+                    text.extend_from_slice(&bytes[..i]);
+                    self.accept(quote);
+                    if let Ok(s) = std::str::from_utf8(&text[shown..]) {
+                        on_text(s);
+                    }
+                    return Ok((String::from_utf8_lossy(&text).into_owned(), true));
+                }
+                None => {
+                    text.extend_from_slice(bytes);
+                    self.accept(id);
+                }
+            }
+            let valid = match std::str::from_utf8(&text[shown..]) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            if valid > 0 {
+                if let Ok(s) = std::str::from_utf8(&text[shown..shown + valid]) {
+                    on_text(s);
+                }
+                shown += valid;
+            }
+        }
+        Ok((String::from_utf8_lossy(&text).into_owned(), false))
+    }
+
+    /// Runs what is pending so the cache holds the whole conversation (e.g. after forced text
+    /// that closes a turn), without choosing a token.
+    pub fn flush(&mut self) -> Result<(), LlmError> {
+        if !self.pending.is_empty() {
+            self.logits()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the KV cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+}

@@ -1,0 +1,181 @@
+//! Controllers: the model that reads a question and the evidence gathered so far and decides
+//! the next step — answer, or call an agent.
+//!
+//! A controller sees a [`Conversation`] (the image's facts, every question, call, observation
+//! and answer so far, the tools it may call, and — for controllers that take images — the
+//! visual inputs) and returns one [`Decision`]. It does not run agents or keep evidence; the
+//! orchestrator does, so a text controller, an in-process vision-language model or a remote
+//! server all plug into the same loop.
+//!
+//! The embedded default is [`embedded::EmbeddedController`]: a GGUF chat model run in-process
+//! with candle ([`llm`]), prompted with the templates in `prompts/` ([`prompt`]).
+
+pub mod embedded;
+pub mod llm;
+pub mod parse;
+pub mod prompt;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{BoxFuture, ToolDefinition};
+use crate::vision::{BBox, Image};
+
+pub use embedded::{ControllerChoice, EmbeddedController};
+
+/// What the controller knows about the image without looking at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageFacts {
+    /// A name for the image (its file name).
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One entry of the conversation, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Turn {
+    /// A person's question, optionally about one region (referring).
+    Question { text: String, region: Option<BBox> },
+    /// A tool call the controller made.
+    Call {
+        agent: String,
+        arguments: serde_json::Value,
+    },
+    /// What came back: evidence rendered as text, or an error the controller should react to.
+    Observation { agent: String, content: String },
+    /// The controller's final answer to the question before.
+    Answer { text: String, regions: Vec<String> },
+    /// The controller's last output could not be used; it is told why and asked again.
+    Repair { output: String, error: String },
+}
+
+/// An image given to a controller that can take images: the whole image, or a crop of an
+/// evidence region.
+#[derive(Debug, Clone)]
+pub struct VisualInput {
+    /// The region id this crop shows (`None` for the whole image).
+    pub region: Option<String>,
+    pub bbox: BBox,
+    pub image: Image,
+}
+
+/// Everything a controller is given for one decision.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub image: ImageFacts,
+    pub turns: Vec<Turn>,
+    /// The tools it may call now.
+    pub tools: Vec<ToolDefinition>,
+    /// Region ids an answer may cite, with their texts.
+    pub regions: Vec<(String, String)>,
+    /// Filled only for controllers whose [`Controller::accepts_images`] is true.
+    pub visual: Vec<VisualInput>,
+    /// The step budget is spent: the controller must answer now (tools stay listed so the
+    /// prompt, and the KV cache behind it, stay the same).
+    pub must_answer: bool,
+}
+
+/// A region an answer relies on: its id, and (optionally) the phrase of the answer it supports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    pub region: String,
+    pub phrase: Option<String>,
+}
+
+/// The controller's next step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Answer {
+        text: String,
+        grounding: Vec<Citation>,
+    },
+    Call {
+        agent: String,
+        arguments: serde_json::Value,
+    },
+}
+
+/// Cost of one decision, for traces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Tokens in the prompt the decision was made on.
+    pub prompt_tokens: usize,
+    /// Of those, tokens reused from the KV cache.
+    pub reused_tokens: usize,
+    /// Tokens run through the model before generating (new prompt text, forced text).
+    pub prefill_tokens: usize,
+    pub prefill_ms: f64,
+    /// Tokens the model chose.
+    pub generated_tokens: usize,
+    pub decode_ms: f64,
+}
+
+/// A decision with what it cost and the controller's raw output.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub decision: Decision,
+    pub raw: String,
+    pub stats: StepStats,
+}
+
+/// Per-call hooks: streaming and cancellation.
+#[derive(Clone, Default)]
+pub struct StepContext {
+    /// Called with answer text as it is generated.
+    pub on_text: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    /// Set to stop generation; the decision then fails with [`ControllerError::Cancelled`].
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("streams", &self.on_text.is_some())
+            .field("cancel", &self.cancel)
+            .finish()
+    }
+}
+
+/// Errors of the controllers layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The output could not be read as a decision; the orchestrator shows the reason to the
+    /// controller once and asks again.
+    #[error("the controller's output is not a valid decision ({reason}): {output:?}")]
+    Malformed {
+        output: String,
+        reason: String,
+        stats: StepStats,
+    },
+    #[error(transparent)]
+    Model(#[from] llm::LlmError),
+    #[error(transparent)]
+    Models(#[from] crate::models::ModelError),
+    #[error("prompt template {name}: {reason}")]
+    Prompt { name: String, reason: String },
+    #[error("the question was cancelled")]
+    Cancelled,
+}
+
+/// A model that decides the next step of the grounding loop.
+pub trait Controller: Send + Sync {
+    /// A short name for traces (`qwen2.5-coder-0.5b`).
+    fn name(&self) -> &str;
+
+    /// Whether [`Conversation::visual`] should be filled (vision-language controllers).
+    fn accepts_images(&self) -> bool {
+        false
+    }
+
+    /// Decides the next step.
+    fn decide<'a>(
+        &'a self,
+        conversation: &'a Conversation,
+        ctx: &'a StepContext,
+    ) -> BoxFuture<'a, Result<Step, ControllerError>>;
+}

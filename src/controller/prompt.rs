@@ -1,0 +1,271 @@
+//! Prompt templates (`prompts/`, embedded at build time, overridable from a folder) and the
+//! rendering of a [`Conversation`] through the model's own chat template.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{ControllerError, Conversation, Turn};
+use crate::agents::ToolDefinition;
+
+const SYSTEM: &str = include_str!("../../prompts/system.md");
+const QUESTION: &str = include_str!("../../prompts/question.md");
+const REPAIR: &str = include_str!("../../prompts/repair.md");
+const TOOLS: &str = include_str!("../../prompts/tools.md");
+const ANSWER_TOOL: &str = include_str!("../../prompts/answer_tool.json");
+
+/// The controller's templates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    pub system: String,
+    pub question: String,
+    pub repair: String,
+    pub tools: String,
+    pub answer_tool: ToolDefinition,
+}
+
+fn bad(name: &str, reason: impl ToString) -> ControllerError {
+    ControllerError::Prompt {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Prompts {
+    /// The templates compiled into p2g.
+    pub fn embedded() -> Result<Self, ControllerError> {
+        Ok(Self {
+            system: SYSTEM.into(),
+            question: QUESTION.into(),
+            repair: REPAIR.into(),
+            tools: TOOLS.into(),
+            answer_tool: serde_json::from_str(ANSWER_TOOL)
+                .map_err(|e| bad("answer_tool.json", e))?,
+        })
+    }
+
+    /// The embedded templates with any file of `dir` replacing its namesake.
+    pub fn with_overrides(dir: &Path) -> Result<Self, ControllerError> {
+        if !dir.is_dir() {
+            return Err(bad(
+                &dir.display().to_string(),
+                "is not a folder (it should hold system.md, question.md, … to override)",
+            ));
+        }
+        let mut p = Self::embedded()?;
+        let read = |name: &str, slot: &mut String| -> Result<(), ControllerError> {
+            let path = dir.join(name);
+            if path.is_file() {
+                *slot = std::fs::read_to_string(&path).map_err(|e| bad(name, e))?;
+            }
+            Ok(())
+        };
+        read("system.md", &mut p.system)?;
+        read("question.md", &mut p.question)?;
+        read("repair.md", &mut p.repair)?;
+        read("tools.md", &mut p.tools)?;
+        let mut answer = String::new();
+        read("answer_tool.json", &mut answer)?;
+        if !answer.is_empty() {
+            p.answer_tool =
+                serde_json::from_str(&answer).map_err(|e| bad("answer_tool.json", e))?;
+        }
+        // Fail now, not at the first question.
+        for (name, t) in [
+            ("system.md", &p.system),
+            ("question.md", &p.question),
+            ("repair.md", &p.repair),
+            ("tools.md", &p.tools),
+        ] {
+            environment()
+                .template_from_str(t)
+                .map_err(|e| bad(name, e))?;
+        }
+        Ok(p)
+    }
+}
+
+/// JSON as Python's `json.dumps` writes it (`", "` and `": "` separators, non-ASCII kept): the
+/// form chat templates' `tojson` produced when the model was trained.
+pub fn to_json_python(v: &Value) -> String {
+    struct PyFormatter;
+    impl serde_json::ser::Formatter for PyFormatter {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
+    if v.serialize(&mut ser).is_err() {
+        return v.to_string();
+    }
+    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(false);
+    env.add_filter("tojson", |v: minijinja::Value| -> String {
+        let json: Value = serde_json::to_value(&v).unwrap_or(Value::Null);
+        to_json_python(&json)
+    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<minijinja::Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env
+}
+
+fn render(name: &str, template: &str, ctx: Value) -> Result<String, ControllerError> {
+    let env = environment();
+    let t = env.template_from_str(template).map_err(|e| bad(name, e))?;
+    t.render(ctx).map_err(|e| bad(name, e))
+}
+
+/// Renders the conversation as the model's prompt, ending with the assistant's turn opened.
+pub fn render_conversation(
+    prompts: &Prompts,
+    chat_template: &str,
+    conv: &Conversation,
+    can_see: bool,
+) -> Result<String, ControllerError> {
+    let tool_names: Vec<&str> = conv.tools.iter().map(|t| t.name.as_str()).collect();
+    let mut system = render(
+        "system.md",
+        &prompts.system,
+        json!({ "image": conv.image, "tool_names": tool_names, "can_see": can_see }),
+    )?;
+    let tools: Vec<Value> = conv
+        .tools
+        .iter()
+        .map(|t| json!({ "type": "function", "function": t }))
+        .collect();
+    // Templates that cannot list tools (no `tools` variable) get them in the system message.
+    let native_tools = chat_template.contains("tools");
+    if !native_tools {
+        system.push_str(&render(
+            "tools.md",
+            &prompts.tools,
+            json!({ "tools": tools }),
+        )?);
+    }
+    let mut messages = vec![json!({ "role": "system", "content": system })];
+    let call_text = |name: &str, args: &Value| {
+        format!(
+            "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {}}}\n</tool_call>",
+            to_json_python(args)
+        )
+    };
+    let assistant_call = |name: &str, args: Value| {
+        if native_tools {
+            json!({ "role": "assistant", "content": "",
+                    "tool_calls": [{ "function": { "name": name, "arguments": args } }] })
+        } else {
+            json!({ "role": "assistant", "content": call_text(name, &args) })
+        }
+    };
+    for turn in &conv.turns {
+        match turn {
+            Turn::Question { text, region } => {
+                let region: Option<[i64; 4]> = region.map(|b| {
+                    let r = b.rounded();
+                    [r.x1 as i64, r.y1 as i64, r.x2 as i64, r.y2 as i64]
+                });
+                let content = render(
+                    "question.md",
+                    &prompts.question,
+                    json!({ "question": text, "region": region }),
+                )?;
+                messages.push(json!({ "role": "user", "content": content }));
+            }
+            Turn::Call { agent, arguments } => {
+                messages.push(assistant_call(agent, arguments.clone()));
+            }
+            Turn::Observation { content, .. } => {
+                if native_tools {
+                    messages.push(json!({ "role": "tool", "content": content }));
+                } else {
+                    messages.push(json!({ "role": "user",
+                        "content": format!("<tool_response>\n{content}\n</tool_response>") }));
+                }
+            }
+            Turn::Answer { text, regions } => {
+                messages.push(assistant_call(
+                    &prompts.answer_tool.name,
+                    json!({ "text": text, "regions": regions }),
+                ));
+            }
+            Turn::Repair { output, error } => {
+                messages.push(json!({ "role": "assistant", "content": output }));
+                let content = render("repair.md", &prompts.repair, json!({ "error": error }))?;
+                messages.push(json!({ "role": "user", "content": content }));
+            }
+        }
+    }
+    let env = environment();
+    let t = env
+        .template_from_str(chat_template)
+        .map_err(|e| bad("the model's chat template", e))?;
+    t.render(json!({
+        "messages": messages,
+        "tools": if native_tools { Value::from(tools) } else { Value::Null },
+        "add_generation_prompt": true,
+        "bos_token": "",
+        "eos_token": "",
+    }))
+    .map_err(|e| bad("the model's chat template", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_separators() {
+        let v = json!({"regions": ["r1", "r2"], "text": "9.00 \u{e9}"});
+        assert_eq!(
+            to_json_python(&v),
+            "{\"regions\": [\"r1\", \"r2\"], \"text\": \"9.00 \u{e9}\"}"
+        );
+    }
+
+    #[test]
+    fn embedded_templates_parse() {
+        let p = Prompts::embedded().unwrap();
+        assert_eq!(p.answer_tool.name, "answer");
+        for t in [&p.system, &p.question, &p.repair, &p.tools] {
+            environment().template_from_str(t).unwrap();
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Grounded answers: an answer that quotes the image is taken from the regions it cites.
+//!
+//! A small controller misreads digits it has to repeat ("9.00" comes out "9.80"). So when an
+//! answer cites regions, p2g looks for the span of the cited regions' text (whole words) that
+//! matches the answer best and, if it is close enough, answers with that span, copied from the
+//! image. The answer then carries each cited region as structured data and as Kosmos-2-style
+//! inline links, `[phrase](x1,y1,x2,y2)`.
+
+use serde::{Deserialize, Serialize};
+
+use super::evidence::Evidence;
+use crate::controller::Citation;
+use crate::vision::BBox;
+
+/// A region an answer relies on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grounding {
+    /// The part of the answer the region supports (the region's text if the answer does not
+    /// quote it).
+    pub phrase: String,
+    pub bbox: BBox,
+    pub region: String,
+}
+
+/// The answer after grounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grounded {
+    pub text: String,
+    pub grounding: Vec<Grounding>,
+    /// Whether the text was replaced by a span copied from the cited regions.
+    pub copied: bool,
+    /// Cited ids that name no region (dropped).
+    pub unknown: Vec<String>,
+    /// The controller cited nothing and p2g found the region the text was quoted from.
+    pub located: bool,
+}
+
+/// Minimum similarity for p2g to attribute an answer that cites nothing to a region.
+pub const LOCATE_MIN_SIMILARITY: f32 = 0.8;
+
+/// Minimum similarity (1 - edit distance / longer length, case-insensitive) for a span to
+/// replace the controller's text.
+pub const COPY_MIN_SIMILARITY: f32 = 0.5;
+
+/// Grounds `text` in the cited regions of `evidence`.
+pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence) -> Grounded {
+    let mut unknown = Vec::new();
+    let mut cited = Vec::new();
+    for c in citations {
+        match evidence.get(&c.region) {
+            Some(r)
+                if !cited
+                    .iter()
+                    .any(|x: &&super::evidence::Region| x.id == r.id) =>
+            {
+                cited.push(r)
+            }
+            Some(_) => {}
+            None => unknown.push(c.region.clone()),
+        }
+    }
+    if cited.is_empty() {
+        // An answer citing nothing may still quote the evidence: attribute it to the region
+        // it matches best, if the match is close (an explanation matches nothing).
+        let best = evidence
+            .regions()
+            .iter()
+            .filter_map(|r| best_span(text, &r.text).map(|(_, _, sim)| (r, sim)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((r, sim)) = best {
+            if sim >= LOCATE_MIN_SIMILARITY {
+                let cite = [Citation {
+                    region: r.id.clone(),
+                    phrase: None,
+                }];
+                let mut g = ground(text, &cite, evidence);
+                g.located = true;
+                g.unknown = unknown;
+                return g;
+            }
+        }
+        return Grounded {
+            text: text.to_string(),
+            grounding: Vec::new(),
+            copied: false,
+            unknown,
+            located: false,
+        };
+    }
+    // The cited texts joined, remembering which bytes belong to which region.
+    let mut joined = String::new();
+    let mut owners: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, r) in cited.iter().enumerate() {
+        if !joined.is_empty() {
+            joined.push(' ');
+        }
+        let start = joined.len();
+        joined.push_str(&r.text);
+        owners.push((start, joined.len(), i));
+    }
+    let best = best_span(text, &joined);
+    match best {
+        Some((s, e, sim)) if sim >= COPY_MIN_SIMILARITY && !text.trim().is_empty() => {
+            let span = joined[s..e].to_string();
+            let grounding = owners
+                .iter()
+                .filter(|(a, b, _)| *a < e && s < *b)
+                .map(|&(a, b, i)| Grounding {
+                    phrase: joined[a.max(s)..b.min(e)].trim().to_string(),
+                    bbox: cited[i].bbox,
+                    region: cited[i].id.clone(),
+                })
+                .collect();
+            Grounded {
+                text: span,
+                grounding,
+                copied: true,
+                unknown,
+                located: false,
+            }
+        }
+        _ => Grounded {
+            text: text.to_string(),
+            grounding: cited
+                .iter()
+                .map(|r| Grounding {
+                    phrase: r.text.clone(),
+                    bbox: r.bbox,
+                    region: r.id.clone(),
+                })
+                .collect(),
+            copied: false,
+            unknown,
+            located: false,
+        },
+    }
+}
+
+/// The answer with Kosmos-2-style links: each grounded phrase written `[phrase](x1,y1,x2,y2)`.
+pub fn linked_text(text: &str, grounding: &[Grounding]) -> String {
+    let link = |g: &Grounding| {
+        let b = g.bbox.rounded();
+        format!(
+            "[{}]({},{},{},{})",
+            g.phrase, b.x1 as i64, b.y1 as i64, b.x2 as i64, b.y2 as i64
+        )
+    };
+    let mut out = text.to_string();
+    let mut unplaced = Vec::new();
+    for g in grounding {
+        // Link the phrase where the answer contains it; otherwise list the region after.
+        match (!g.phrase.is_empty())
+            .then(|| out.find(&g.phrase))
+            .flatten()
+        {
+            Some(at) if !out[..at].ends_with('[') => {
+                out.replace_range(at..at + g.phrase.len(), &link(g));
+            }
+            _ => unplaced.push(link(g)),
+        }
+    }
+    if !unplaced.is_empty() {
+        out.push_str(" (");
+        out.push_str(&unplaced.join(", "));
+        out.push(')');
+    }
+    out
+}
+
+/// Word boundaries of `s` (byte offsets where words start and end). `:` splits words too,
+/// so "DATE:25/12/2018" yields the date alone.
+fn words(s: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    for (i, c) in s.char_indices() {
+        let sep = c.is_whitespace() || c == ':';
+        match (sep, start) {
+            (true, Some(st)) => {
+                out.push((st, i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(st) = start {
+        out.push((st, s.len()));
+    }
+    out
+}
+
+/// The span of whole words of `hay` most similar to `needle`: (start, end, similarity).
+pub fn best_span(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
+    let n: Vec<char> = needle.trim().to_lowercase().chars().collect();
+    if n.is_empty() {
+        return None;
+    }
+    let w = words(hay);
+    let mut best: Option<(usize, usize, f32)> = None;
+    for i in 0..w.len() {
+        for j in i..w.len() {
+            let (s, e) = (w[i].0, w[j].1);
+            let span: Vec<char> = hay[s..e].to_lowercase().chars().collect();
+            // Spans much longer than the answer cannot win; stop growing.
+            if span.len() > 2 * n.len() + 8 {
+                break;
+            }
+            let d = levenshtein(&n, &span);
+            let sim = 1.0 - d as f32 / n.len().max(span.len()) as f32;
+            if best.is_none_or(|b| sim > b.2) {
+                best = Some((s, e, sim));
+            }
+        }
+    }
+    best
+}
+
+pub fn levenshtein(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{Finding, FindingKind};
+
+    fn evidence() -> Evidence {
+        let mut e = Evidence::default();
+        for (t, y) in [
+            ("SYARIKAT PERNIAGAAN GIN KEE", 10.0),
+            ("DATE:25/12/2018 8:13:39 PM", 50.0),
+            ("TOTAL : 9.00", 90.0),
+        ] {
+            e.add(
+                "ocr",
+                &Finding {
+                    bbox: BBox::new(5.0, y, 300.0, y + 20.0),
+                    text: t.into(),
+                    kind: FindingKind::Text,
+                    score: 0.9,
+                },
+            );
+        }
+        e
+    }
+
+    fn cite(ids: &[&str]) -> Vec<Citation> {
+        ids.iter()
+            .map(|r| Citation {
+                region: r.to_string(),
+                phrase: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn misread_digits_are_copied_from_the_cited_region() {
+        let e = evidence();
+        let g = ground("9.80", &cite(&["r3"]), &e);
+        assert_eq!(g.text, "9.00");
+        assert!(g.copied);
+        assert_eq!(g.grounding[0].region, "r3");
+        assert_eq!(g.grounding[0].phrase, "9.00");
+        let g = ground("25/12/2019", &cite(&["r2"]), &e);
+        assert_eq!(g.text, "25/12/2018");
+        assert_eq!(
+            linked_text(&g.text, &g.grounding),
+            "[25/12/2018](5,50,300,70)"
+        );
+    }
+
+    #[test]
+    fn answers_that_do_not_quote_keep_their_text() {
+        let e = evidence();
+        let g = ground("It cannot be told from the text", &cite(&["r1"]), &e);
+        assert!(!g.copied);
+        assert_eq!(g.text, "It cannot be told from the text");
+        assert_eq!(g.grounding[0].phrase, "SYARIKAT PERNIAGAAN GIN KEE");
+        let g = ground("9.00", &cite(&["r9"]), &e);
+        assert_eq!(g.unknown, vec!["r9".to_string()]);
+        // Cited nothing that exists, but the text is quoted from r3: p2g finds it.
+        assert!(g.located);
+        assert_eq!(g.grounding[0].region, "r3");
+        let g = ground("It is blue", &[], &e);
+        assert!(g.grounding.is_empty() && !g.located);
+    }
+}

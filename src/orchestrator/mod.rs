@@ -1,0 +1,590 @@
+//! The grounding loop: per question, ask the controller for a decision, run the agent it calls,
+//! feed back what the agent found, until it answers.
+//!
+//! ```text
+//! question ─▶ controller ─▶ Call{agent,args} ─▶ agent ─▶ findings ─▶ evidence (r1, r2, …) ─┐
+//!                 ▲                                                                        │
+//!                 └──────────────────────── observation ◀──────────────────────────────────┘
+//!             controller ─▶ Answer{text, cited regions} ─▶ grounding ─▶ Answer
+//! ```
+//!
+//! The loop owns the rules a controller cannot be trusted with: a step budget (the last step
+//! may only answer), no identical call twice (the controller is pointed at the regions it
+//! already has), agent errors and timeouts returned as observations, one repair attempt for an
+//! unusable output, cancellation between and during steps. A [`Session`] keeps the evidence
+//! and the conversation of one image, so follow-up questions reuse what was read.
+
+pub mod evidence;
+pub mod grounding;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::agents::{AgentError, DynAgent};
+use crate::controller::{
+    Controller, ControllerError, Conversation, Decision, ImageFacts, StepContext, Turn,
+};
+use crate::trace::{TraceEvent, TraceSink};
+use crate::vision::{BBox, Image};
+
+pub use evidence::{Evidence, Region};
+pub use grounding::Grounding;
+
+/// Errors of the loop. Agent failures are not among them: they go back to the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error(
+        "the controller gave an unusable answer twice ({reason}); its last output was {output:?}. \
+         Try rephrasing the question or a larger controller (--controller)"
+    )]
+    Unusable { output: String, reason: String },
+    #[error("the question was cancelled")]
+    Cancelled,
+    #[error("an orchestrator needs a controller; call .controller(..) on the builder")]
+    NoController,
+    #[error("two agents are named {0:?}; tool names must be unique")]
+    DuplicateAgent(String),
+    #[error("the question is empty")]
+    EmptyQuestion,
+    #[error("the region [{0:.0},{1:.0},{2:.0},{3:.0}] is not inside the {4}x{5} image")]
+    BadRegion(f32, f32, f32, f32, u32, u32),
+}
+
+/// Limits of the loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Controller decisions per question; the last one may only answer.
+    pub max_steps: usize,
+    /// An agent call that takes longer is abandoned and reported to the controller.
+    pub agent_timeout: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 6,
+            agent_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A controller and the agents it may call.
+pub struct Orchestrator {
+    controller: Arc<dyn Controller>,
+    agents: Vec<Arc<dyn DynAgent>>,
+    cfg: LoopConfig,
+}
+
+/// Builds an [`Orchestrator`].
+#[derive(Default)]
+pub struct OrchestratorBuilder {
+    controller: Option<Arc<dyn Controller>>,
+    agents: Vec<Arc<dyn DynAgent>>,
+    cfg: LoopConfig,
+}
+
+impl OrchestratorBuilder {
+    pub fn controller(mut self, c: impl Controller + 'static) -> Self {
+        self.controller = Some(Arc::new(c));
+        self
+    }
+
+    pub fn controller_arc(mut self, c: Arc<dyn Controller>) -> Self {
+        self.controller = Some(c);
+        self
+    }
+
+    /// Offers an agent to the controller.
+    pub fn agent(mut self, a: impl DynAgent + 'static) -> Self {
+        self.agents.push(Arc::new(a));
+        self
+    }
+
+    pub fn agent_arc(mut self, a: Arc<dyn DynAgent>) -> Self {
+        self.agents.push(a);
+        self
+    }
+
+    pub fn max_steps(mut self, n: usize) -> Self {
+        self.cfg.max_steps = n.max(1);
+        self
+    }
+
+    pub fn agent_timeout(mut self, d: Duration) -> Self {
+        self.cfg.agent_timeout = d;
+        self
+    }
+
+    pub fn build(self) -> Result<Orchestrator, OrchestratorError> {
+        let controller = self.controller.ok_or(OrchestratorError::NoController)?;
+        let mut seen = HashSet::new();
+        for a in &self.agents {
+            if !seen.insert(a.name().to_string()) {
+                return Err(OrchestratorError::DuplicateAgent(a.name().to_string()));
+            }
+        }
+        Ok(Orchestrator {
+            controller,
+            agents: self.agents,
+            cfg: self.cfg,
+        })
+    }
+}
+
+impl Orchestrator {
+    pub fn builder() -> OrchestratorBuilder {
+        OrchestratorBuilder::default()
+    }
+
+    pub fn controller(&self) -> &dyn Controller {
+        self.controller.as_ref()
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &dyn DynAgent> {
+        self.agents.iter().map(|a| a.as_ref())
+    }
+
+    /// Starts a conversation about one image. `path` names it in traces.
+    pub fn session(&self, image: Image, path: &Path) -> Session<'_> {
+        Session::new(self, image, path)
+    }
+}
+
+/// The answer to one question.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    pub answer: String,
+    /// The regions it relies on.
+    pub grounding: Vec<Grounding>,
+    /// The answer with Kosmos-2-style links `[phrase](x1,y1,x2,y2)`.
+    pub linked: String,
+    /// Controller decisions taken.
+    pub steps: usize,
+    pub elapsed_ms: u64,
+    /// What the controller wrote, before the text was copied from the cited regions.
+    #[serde(skip)]
+    pub controller_text: String,
+}
+
+/// Per-question options.
+#[derive(Clone, Default)]
+pub struct AskOptions {
+    /// Ask about this region of the image (referring).
+    pub region: Option<BBox>,
+    /// Streaming and cancellation.
+    pub ctx: StepContext,
+}
+
+/// A conversation about one image: its evidence and turns persist across questions.
+pub struct Session<'o> {
+    orch: &'o Orchestrator,
+    image: Image,
+    path: String,
+    facts: ImageFacts,
+    turns: Vec<Turn>,
+    evidence: Evidence,
+    calls: HashSet<String>,
+    /// Regions each earlier call returned, to point a repeated call at them.
+    call_regions: Vec<(String, Vec<String>)>,
+    trace: TraceSink,
+}
+
+impl<'o> Session<'o> {
+    fn new(orch: &'o Orchestrator, image: Image, path: &Path) -> Self {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let facts = ImageFacts {
+            name,
+            width: image.width(),
+            height: image.height(),
+        };
+        let path = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        Self {
+            orch,
+            image,
+            path,
+            facts,
+            turns: Vec::new(),
+            evidence: Evidence::default(),
+            calls: HashSet::new(),
+            call_regions: Vec::new(),
+            trace: TraceSink::default(),
+        }
+    }
+
+    /// Sends trace events to `sink` (e.g. [`TraceSink::to_file`]) from now on.
+    pub fn set_trace(&mut self, sink: TraceSink) {
+        self.trace = sink;
+    }
+
+    pub fn trace(&self) -> &[TraceEvent] {
+        self.trace.events()
+    }
+
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
+    }
+
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    pub fn image_path(&self) -> &str {
+        &self.path
+    }
+
+    /// Answers `question`, calling agents as the controller decides.
+    pub async fn ask(
+        &mut self,
+        question: &str,
+        opts: AskOptions,
+    ) -> Result<Answer, OrchestratorError> {
+        let span = tracing::info_span!("ask", question = %question);
+        let started = Instant::now();
+        let question = question.trim();
+        if question.is_empty() {
+            return Err(OrchestratorError::EmptyQuestion);
+        }
+        if let Some(r) = opts.region {
+            let (w, h) = (self.facts.width as f32, self.facts.height as f32);
+            if !(r.x1 < r.x2 && r.y1 < r.y2 && r.x2 > 0.0 && r.y2 > 0.0 && r.x1 < w && r.y1 < h) {
+                return Err(OrchestratorError::BadRegion(
+                    r.x1,
+                    r.y1,
+                    r.x2,
+                    r.y2,
+                    self.facts.width,
+                    self.facts.height,
+                ));
+            }
+        }
+        let turns_before = self.turns.len();
+        self.trace.record(TraceEvent::Question {
+            question: question.to_string(),
+            region: opts.region,
+            image: self.path.clone(),
+            width: self.facts.width,
+            height: self.facts.height,
+            controller: self.orch.controller.name().to_string(),
+            tools: self
+                .orch
+                .agents
+                .iter()
+                .map(|a| a.name().to_string())
+                .collect(),
+        });
+        self.turns.push(Turn::Question {
+            text: question.to_string(),
+            region: opts.region,
+        });
+        let result = self.run_loop(&opts, started).instrument(span).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Ok(a) => Ok(a),
+            Err((e, steps)) => {
+                // A failed or cancelled question leaves no half-finished turns behind; the
+                // evidence it gathered stays.
+                self.turns.truncate(turns_before);
+                self.trace.record(TraceEvent::Error {
+                    error: e.to_string(),
+                    steps,
+                    elapsed_ms,
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn cancelled(opts: &AskOptions) -> bool {
+        opts.ctx.cancel.load(Ordering::Relaxed)
+    }
+
+    async fn run_loop(
+        &mut self,
+        opts: &AskOptions,
+        started: Instant,
+    ) -> Result<Answer, (OrchestratorError, usize)> {
+        let max = self.orch.cfg.max_steps;
+        let mut repaired = false;
+        for step in 1..=max {
+            if Self::cancelled(opts) {
+                return Err((OrchestratorError::Cancelled, step - 1));
+            }
+            let tools = self.orch.agents.iter().map(|a| a.definition()).collect();
+            let conv = Conversation {
+                image: self.facts.clone(),
+                turns: self.turns.clone(),
+                tools,
+                regions: self
+                    .evidence
+                    .regions()
+                    .iter()
+                    .map(|r| (r.id.clone(), r.text.clone()))
+                    .collect(),
+                visual: Vec::new(),
+                // The last step may only answer.
+                must_answer: step == max,
+            };
+            let t0 = Instant::now();
+            let decided = self
+                .orch
+                .controller
+                .decide(&conv, &opts.ctx)
+                .instrument(tracing::info_span!("decide", step))
+                .await;
+            let step_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let decision = match decided {
+                Ok(s) => {
+                    self.trace.record(TraceEvent::Step {
+                        step,
+                        stats: s.stats.clone(),
+                        decision: s.decision.clone(),
+                        raw: s.raw.clone(),
+                        elapsed_ms: step_ms,
+                    });
+                    s.decision
+                }
+                Err(ControllerError::Malformed {
+                    output,
+                    reason,
+                    stats,
+                }) => {
+                    self.trace.record(TraceEvent::Repair {
+                        step,
+                        output: output.clone(),
+                        error: reason.clone(),
+                        stats,
+                    });
+                    if repaired {
+                        return Err((OrchestratorError::Unusable { output, reason }, step));
+                    }
+                    repaired = true;
+                    self.turns.push(Turn::Repair {
+                        output,
+                        error: reason,
+                    });
+                    continue;
+                }
+                Err(ControllerError::Cancelled) => {
+                    return Err((OrchestratorError::Cancelled, step))
+                }
+                Err(e) => return Err((e.into(), step)),
+            };
+            match decision {
+                Decision::Answer { text, grounding } => {
+                    let g = grounding::ground(&text, &grounding, &self.evidence);
+                    let linked = grounding::linked_text(&g.text, &g.grounding);
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    self.trace.record(TraceEvent::Answer {
+                        text: g.text.clone(),
+                        controller_text: text.clone(),
+                        copied: g.copied,
+                        linked: linked.clone(),
+                        grounding: g.grounding.clone(),
+                        steps: step,
+                        elapsed_ms: elapsed_ms as f64,
+                    });
+                    self.turns.push(Turn::Answer {
+                        text: g.text.clone(),
+                        regions: g.grounding.iter().map(|x| x.region.clone()).collect(),
+                    });
+                    return Ok(Answer {
+                        answer: g.text,
+                        grounding: g.grounding,
+                        linked,
+                        steps: step,
+                        elapsed_ms,
+                        controller_text: text,
+                    });
+                }
+                Decision::Call { agent, arguments } => {
+                    let arguments = self.resolve_region_argument(arguments, opts.region);
+                    let span =
+                        tracing::info_span!("agent", step, agent = %agent, arguments = %arguments);
+                    let content = self
+                        .call(step, &agent, arguments.clone(), opts)
+                        .instrument(span)
+                        .await;
+                    if Self::cancelled(opts) {
+                        return Err((OrchestratorError::Cancelled, step));
+                    }
+                    self.turns.push(Turn::Call {
+                        agent: agent.clone(),
+                        arguments,
+                    });
+                    self.turns.push(Turn::Observation { agent, content });
+                }
+            }
+        }
+        Err((
+            OrchestratorError::Unusable {
+                output: String::new(),
+                reason: format!("no answer within {max} steps"),
+            },
+            max,
+        ))
+    }
+
+    /// A question about a region reads that region when the controller calls an agent without
+    /// one: the person pointed at it.
+    fn resolve_region_argument(
+        &self,
+        mut arguments: serde_json::Value,
+        region: Option<BBox>,
+    ) -> serde_json::Value {
+        if let (Some(r), Some(obj)) = (region, arguments.as_object_mut()) {
+            if !obj.contains_key("region") {
+                let r = r.rounded();
+                obj.insert("region".into(), serde_json::json!([r.x1, r.y1, r.x2, r.y2]));
+            }
+        }
+        arguments
+    }
+
+    /// Runs one agent call and returns the observation for the controller.
+    async fn call(
+        &mut self,
+        step: usize,
+        agent: &str,
+        arguments: serde_json::Value,
+        opts: &AskOptions,
+    ) -> String {
+        let key = format!("{agent} {arguments}");
+        let t0 = Instant::now();
+        let record = |this: &mut Self, status: &str, summary: String, regions: Vec<Region>| {
+            this.trace.record(TraceEvent::Tool {
+                step,
+                agent: agent.to_string(),
+                arguments: arguments.clone(),
+                status: status.to_string(),
+                summary,
+                regions,
+                elapsed_ms: t0.elapsed().as_secs_f64() * 1e3,
+            });
+        };
+        let Some(a) = self.orch.agents.iter().find(|a| a.name() == agent).cloned() else {
+            let names: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
+            let msg = format!(
+                "There is no tool named {agent:?}. Available: {}.",
+                names.join(", ")
+            );
+            record(self, "unknown_tool", msg.clone(), Vec::new());
+            return msg;
+        };
+        if self.calls.contains(&key) {
+            let ids = self
+                .call_regions
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, ids)| ids.clone())
+                .unwrap_or_default();
+            let msg = if ids.is_empty() {
+                format!("You already called {agent} with these arguments and it found nothing. Do not repeat it; answer, or try a different region.")
+            } else {
+                format!(
+                    "You already called {agent} with these arguments; its results are regions {} above. Do not repeat it: answer from them.",
+                    span_of(&ids)
+                )
+            };
+            record(self, "repeated", msg.clone(), Vec::new());
+            return msg;
+        }
+        let cancel = opts.ctx.cancel.clone();
+        let run = a.call(&self.image, arguments.clone());
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.orch.cfg.agent_timeout, run) => Some(r),
+            _ = wait_cancel(cancel) => None,
+        };
+        match outcome {
+            None => {
+                record(self, "cancelled", "cancelled".into(), Vec::new());
+                "The call was cancelled.".into()
+            }
+            Some(Err(_)) => {
+                let secs = self.orch.cfg.agent_timeout.as_secs_f64();
+                let msg = format!("{agent} did not finish within {secs:.0} s and was stopped. Answer from the evidence you have, or ask for a smaller region.");
+                record(self, "timeout", msg.clone(), Vec::new());
+                msg
+            }
+            Some(Ok(Err(e))) => {
+                let msg = match &e {
+                    AgentError::Arguments { reason, .. } => format!(
+                        "Error: the arguments of {agent} are invalid ({reason}). Fix them or call it without arguments."
+                    ),
+                    other => format!("Error: {other}"),
+                };
+                record(self, "error", e.to_string(), Vec::new());
+                msg
+            }
+            Some(Ok(Ok(reply))) => {
+                self.calls.insert(key.clone());
+                let ids: Vec<String> = reply
+                    .findings
+                    .iter()
+                    .map(|f| self.evidence.add(agent, f))
+                    .collect();
+                let mut unique: Vec<String> = Vec::new();
+                for id in &ids {
+                    if !unique.contains(id) {
+                        unique.push(id.clone());
+                    }
+                }
+                let regions: Vec<Region> = unique
+                    .iter()
+                    .filter_map(|id| self.evidence.get(id).cloned())
+                    .collect();
+                let refs: Vec<&Region> = regions.iter().collect();
+                let content = if regions.is_empty() {
+                    format!("{agent} found nothing.")
+                } else {
+                    evidence::render(&refs)
+                };
+                record(
+                    self,
+                    "ok",
+                    format!("{} regions", regions.len()),
+                    regions.clone(),
+                );
+                self.call_regions.push((key, unique));
+                content
+            }
+        }
+    }
+}
+
+/// `r1–r40` for a contiguous run of ids, else a list.
+fn span_of(ids: &[String]) -> String {
+    let nums: Vec<usize> = ids
+        .iter()
+        .filter_map(|i| i.strip_prefix('r').and_then(|n| n.parse().ok()))
+        .collect();
+    let contiguous =
+        nums.len() == ids.len() && nums.len() > 2 && nums.windows(2).all(|w| w[1] == w[0] + 1);
+    if contiguous {
+        format!("{}–{}", ids[0], ids[ids.len() - 1])
+    } else {
+        ids.join(", ")
+    }
+}
+
+async fn wait_cancel(flag: Arc<AtomicBool>) {
+    loop {
+        if flag.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

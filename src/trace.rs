@@ -1,0 +1,366 @@
+//! Traces: every step of every question as one JSON line, so a person can read why an answer
+//! was given (`p2g trace show`), see the evidence and the cited regions on the image
+//! (`p2g trace draw`), and a program can replay or score a run.
+//!
+//! A trace file is a sequence of [`TraceEvent`]s, one JSON object per line, each tagged with
+//! `"event"`. A question starts with `question` and ends with `answer` or `error`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{Decision, StepStats};
+use crate::orchestrator::evidence::Region;
+use crate::orchestrator::grounding::Grounding;
+use crate::vision::draw::{default_thickness, draw_quad, save, PALETTE};
+use crate::vision::{BBox, Image, LoadOptions, Quad, VisionError};
+
+/// One line of a trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TraceEvent {
+    Question {
+        question: String,
+        region: Option<BBox>,
+        image: String,
+        width: u32,
+        height: u32,
+        controller: String,
+        tools: Vec<String>,
+    },
+    /// A controller decision.
+    Step {
+        step: usize,
+        #[serde(flatten)]
+        stats: StepStats,
+        decision: Decision,
+        raw: String,
+        elapsed_ms: f64,
+    },
+    /// An output that could not be used, sent back to the controller.
+    Repair {
+        step: usize,
+        output: String,
+        error: String,
+        #[serde(flatten)]
+        stats: StepStats,
+    },
+    /// An agent call and what it returned.
+    Tool {
+        step: usize,
+        agent: String,
+        arguments: serde_json::Value,
+        /// `ok`, `error`, `timeout`, `repeated`, `unknown_tool` or `cancelled`.
+        status: String,
+        summary: String,
+        regions: Vec<Region>,
+        elapsed_ms: f64,
+    },
+    Answer {
+        text: String,
+        /// What the controller wrote before grounding.
+        controller_text: String,
+        /// Whether the text was copied from the cited regions.
+        copied: bool,
+        linked: String,
+        grounding: Vec<Grounding>,
+        steps: usize,
+        elapsed_ms: f64,
+    },
+    Error {
+        error: String,
+        steps: usize,
+        elapsed_ms: f64,
+    },
+}
+
+/// Errors reading or drawing a trace.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot open the trace {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a trace event ({reason})")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{0} holds no question; is it a p2g trace?")]
+    Empty(PathBuf),
+    #[error(transparent)]
+    Vision(#[from] VisionError),
+}
+
+/// Where trace events go: kept in memory, and appended to a file if one is set.
+#[derive(Debug, Default)]
+pub struct TraceSink {
+    events: Vec<TraceEvent>,
+    file: Option<BufWriter<File>>,
+}
+
+impl TraceSink {
+    /// Appends to `path` (created if missing), so several runs can share a file.
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            events: Vec::new(),
+            file: Some(BufWriter::new(f)),
+        })
+    }
+
+    pub fn record(&mut self, e: TraceEvent) {
+        tracing::debug!(event = ?e, "trace");
+        if let Some(f) = &mut self.file {
+            // A trace is a diagnostic: failing to write it must not fail the question.
+            let ok = serde_json::to_writer(&mut *f, &e).is_ok()
+                && f.write_all(b"\n").is_ok()
+                && f.flush().is_ok();
+            if !ok {
+                tracing::warn!("could not write the trace file");
+            }
+        }
+        self.events.push(e);
+    }
+
+    pub fn events(&self) -> &[TraceEvent] {
+        &self.events
+    }
+}
+
+/// Reads a trace file.
+pub fn read(path: &Path) -> Result<Vec<TraceEvent>, TraceError> {
+    let f = File::open(path).map_err(|source| TraceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|source| TraceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).map_err(|e| TraceError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?);
+    }
+    if !out.iter().any(|e| matches!(e, TraceEvent::Question { .. })) {
+        return Err(TraceError::Empty(path.to_path_buf()));
+    }
+    Ok(out)
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line = s.replace('\n', " ⏎ ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(n).collect::<String>())
+    }
+}
+
+/// Renders events for a person.
+pub fn show(events: &[TraceEvent]) -> String {
+    let mut o = String::new();
+    for e in events {
+        match e {
+            TraceEvent::Question {
+                question,
+                region,
+                image,
+                width,
+                height,
+                controller,
+                tools,
+            } => {
+                o.push_str(&format!("\n━━ {question}\n"));
+                if let Some(r) = region {
+                    o.push_str(&format!(
+                        "   about region [{:.0},{:.0},{:.0},{:.0}]\n",
+                        r.x1, r.y1, r.x2, r.y2
+                    ));
+                }
+                o.push_str(&format!(
+                    "   image {image} ({width}x{height}), controller {controller}, tools: {}\n",
+                    tools.join(", ")
+                ));
+            }
+            TraceEvent::Step {
+                step,
+                stats,
+                decision,
+                elapsed_ms,
+                ..
+            } => {
+                let what = match decision {
+                    Decision::Answer { text, grounding } => format!(
+                        "answer {:?} citing {}",
+                        text,
+                        if grounding.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            grounding
+                                .iter()
+                                .map(|c| c.region.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                    Decision::Call { agent, arguments } => format!("call {agent} {arguments}"),
+                };
+                o.push_str(&format!(
+                    "  {step}. {what}\n     prompt {} tokens ({} reused, {} run in {:.0} ms), {} generated in {:.0} ms; step {:.0} ms\n",
+                    stats.prompt_tokens,
+                    stats.reused_tokens,
+                    stats.prefill_tokens,
+                    stats.prefill_ms,
+                    stats.generated_tokens,
+                    stats.decode_ms,
+                    elapsed_ms
+                ));
+            }
+            TraceEvent::Repair {
+                step,
+                output,
+                error,
+                ..
+            } => {
+                o.push_str(&format!(
+                    "  {step}. unusable output {}\n     → told the controller: {error}\n",
+                    clip(output, 80)
+                ));
+            }
+            TraceEvent::Tool {
+                agent,
+                status,
+                summary,
+                regions,
+                elapsed_ms,
+                ..
+            } => {
+                o.push_str(&format!(
+                    "     {agent}: {status}, {summary} ({elapsed_ms:.0} ms)\n"
+                ));
+                for r in regions.iter().take(60) {
+                    let b = r.bbox.rounded();
+                    o.push_str(&format!(
+                        "       {:<4} [{:.0},{:.0},{:.0},{:.0}] {}\n",
+                        r.id,
+                        b.x1,
+                        b.y1,
+                        b.x2,
+                        b.y2,
+                        clip(&r.text, 70)
+                    ));
+                }
+                if regions.len() > 60 {
+                    o.push_str(&format!("       … {} more\n", regions.len() - 60));
+                }
+            }
+            TraceEvent::Answer {
+                text,
+                controller_text,
+                copied,
+                grounding,
+                steps,
+                elapsed_ms,
+                ..
+            } => {
+                o.push_str(&format!("  ⇒ {text}\n"));
+                if *copied && controller_text != text {
+                    o.push_str(&format!(
+                        "     (the controller wrote {controller_text:?}; the text was copied from the cited region)\n"
+                    ));
+                }
+                for g in grounding {
+                    let b = g.bbox.rounded();
+                    o.push_str(&format!(
+                        "     {} [{:.0},{:.0},{:.0},{:.0}] {:?}\n",
+                        g.region, b.x1, b.y1, b.x2, b.y2, g.phrase
+                    ));
+                }
+                o.push_str(&format!(
+                    "     {steps} steps, {:.1} s\n",
+                    elapsed_ms / 1000.0
+                ));
+            }
+            TraceEvent::Error {
+                error,
+                steps,
+                elapsed_ms,
+            } => {
+                o.push_str(&format!(
+                    "  ✗ {error} (after {steps} steps, {:.1} s)\n",
+                    elapsed_ms / 1000.0
+                ));
+            }
+        }
+    }
+    o
+}
+
+/// Draws a trace on its image: every evidence region thin, cited regions thick. Uses the image
+/// of the trace's first question unless `image` is given; only questions about that image are
+/// drawn.
+pub fn draw(events: &[TraceEvent], image: Option<&Path>, out: &Path) -> Result<usize, TraceError> {
+    let first_image = events.iter().find_map(|e| match e {
+        TraceEvent::Question { image, .. } => Some(image.clone()),
+        _ => None,
+    });
+    let path = match (image, first_image) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => return Err(TraceError::Empty(out.to_path_buf())),
+    };
+    let img = Image::open(&path, &LoadOptions::default())?;
+    let mut canvas = img.rgb().clone();
+    let t = default_thickness(&canvas);
+    let wanted = path.display().to_string();
+    let mut on_image = true;
+    let mut cited = 0;
+    for e in events {
+        match e {
+            TraceEvent::Question { image, .. } => {
+                on_image = image.as_str() == wanted || image.is_empty()
+            }
+            TraceEvent::Tool { regions, .. } if on_image => {
+                for r in regions {
+                    draw_quad(
+                        &mut canvas,
+                        &Quad::from_bbox(&r.bbox),
+                        PALETTE[2],
+                        t.div_ceil(2),
+                    );
+                }
+            }
+            TraceEvent::Answer { grounding, .. } if on_image => {
+                for g in grounding {
+                    let b = BBox::new(
+                        g.bbox.x1 - t as f32,
+                        g.bbox.y1 - t as f32,
+                        g.bbox.x2 + t as f32,
+                        g.bbox.y2 + t as f32,
+                    );
+                    draw_quad(&mut canvas, &Quad::from_bbox(&b), PALETTE[0], t * 2);
+                    cited += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    save(&canvas, out)?;
+    Ok(cited)
+}
