@@ -30,10 +30,12 @@ fn json_has_exactly_the_documented_shape_per_image_in_order() {
     assert_eq!(objs[0]["height"], 250);
     assert_eq!(objs[1]["height"], 1013);
     for o in &objs {
-        let keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+        let mut keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+        keys.sort();
         assert_eq!(keys, ["elapsed_ms", "height", "lines", "width"]);
         for l in o["lines"].as_array().unwrap() {
-            let keys: Vec<&String> = l.as_object().unwrap().keys().collect();
+            let mut keys: Vec<&String> = l.as_object().unwrap().keys().collect();
+            keys.sort();
             assert_eq!(keys, ["bbox", "confidence", "quad", "text"]);
             assert_eq!(l["bbox"].as_array().unwrap().len(), 4);
             assert_eq!(l["quad"].as_array().unwrap().len(), 4);
@@ -139,4 +141,107 @@ fn a_bad_image_among_good_ones_keeps_order_and_fails_the_run() {
     assert!(lines[0]["lines"].is_array());
     assert!(lines[1]["error"].as_str().unwrap().contains("not an image"));
     assert!(lines[2]["lines"].is_array());
+}
+
+#[test]
+fn ask_prints_the_documented_json_and_its_trace_can_be_shown_and_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let out = p2g()
+        .args(["ask", "--json", "--trace"])
+        .arg(&trace)
+        .arg(common::fixture("receipt.jpg"))
+        .arg("What is the total amount?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["answer", "elapsed_ms", "grounding", "linked", "steps"]
+    );
+    assert_eq!(v["answer"], "9.00", "{v}");
+    let g = &v["grounding"][0];
+    assert_eq!(g["phrase"], "9.00");
+    assert!(g["region"].as_str().unwrap().starts_with('r'));
+    assert_eq!(g["bbox"].as_array().unwrap().len(), 4);
+
+    let shown = p2g().args(["trace", "show"]).arg(&trace).output().unwrap();
+    let text = String::from_utf8(shown.stdout).unwrap();
+    assert!(text.contains("What is the total amount?"), "{text}");
+    assert!(text.contains("call ocr"), "{text}");
+    assert!(text.contains("⇒ 9.00"), "{text}");
+    let png = dir.path().join("t.png");
+    let drawn = p2g()
+        .args(["trace", "draw"])
+        .arg(&trace)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        drawn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drawn.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (463, 1013));
+}
+
+#[test]
+fn ask_and_trace_errors_are_one_line() {
+    let out = p2g()
+        .args(["ask", "/nonexistent.png", "What?"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("p2g: error:") && err.contains("nonexistent"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"event\": \"nope\"}\n").unwrap();
+    let out = p2g().args(["trace", "show"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:1: not a trace event"), "{err}");
+}
+
+#[test]
+fn the_repl_answers_piped_questions_and_commands() {
+    use std::io::Write;
+    let mut child = p2g()
+        .arg("repl")
+        .arg(common::fixture("receipt.jpg"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the total amount?\n:agents\n:bogus\n:region 1,2\n:trace\n:quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("9.00"), "{text}");
+    assert!(text.contains("ocr: Read the text"), "{text}");
+    assert!(text.contains("unknown command :bogus"), "{text}");
+    assert!(text.contains("error: expected four numbers"), "{text}");
+    assert!(text.contains("━━ What is the total amount?"), "{text}");
 }

@@ -1,9 +1,12 @@
 //! Argument parsing and dispatch for the `p2g` binary.
 
 mod ask;
+mod eval;
 mod models;
 mod ocr;
+mod repl;
 mod setup;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,14 @@ pub struct Cli {
 enum Command {
     /// Ask a question about an image; the controller calls agents until it can answer.
     Ask(ask::AskCmd),
+    /// Ask questions about an image interactively, reusing what was read.
+    Repl(repl::ReplCmd),
+    /// Show or draw a trace written with --trace.
+    #[command(subcommand)]
+    Trace(trace::TraceCmd),
+    /// Score the grounding loop on a labelled dataset.
+    #[command(subcommand)]
+    Eval(eval::EvalCmd),
     /// Read the text in one or more images (PP-OCRv5).
     Ocr(ocr::OcrCmd),
     /// List, fetch, verify or locate the pinned model files.
@@ -52,6 +63,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Ask(cmd) => ask::run(cmd),
+        Command::Repl(cmd) => repl::run(cmd),
+        Command::Trace(cmd) => trace::run(cmd),
+        Command::Eval(cmd) => eval::run(cmd),
         Command::Ocr(cmd) => ocr::run(cmd),
         Command::Models(cmd) => models::run(cmd),
     };

@@ -70,6 +70,9 @@ pub struct EmbeddedConfig {
     pub max_argument_tokens: usize,
     /// At most this many regions cited per answer.
     pub max_citations: usize,
+    /// When an answer starts like a word of the evidence, copy it from the evidence by
+    /// construction (the cited regions are those it was copied from).
+    pub copy_answers: bool,
 }
 
 impl EmbeddedConfig {
@@ -81,6 +84,7 @@ impl EmbeddedConfig {
             max_answer_tokens: 96,
             max_argument_tokens: 64,
             max_citations: 8,
+            copy_answers: true,
         }
     }
 }
@@ -175,7 +179,7 @@ impl Controller for EmbeddedController {
             let cfg = self.cfg.clone();
             let ctx = ctx.clone();
             let tools: Vec<String> = conv.tools.iter().map(|t| t.name.clone()).collect();
-            let regions: Vec<String> = conv.regions.iter().map(|(id, _)| id.clone()).collect();
+            let regions = conv.regions.clone();
             let must_answer = conv.must_answer;
             let observed = conv
                 .turns
@@ -229,6 +233,74 @@ impl Controller for EmbeddedController {
     }
 }
 
+/// The evidence texts an answer may be copied from: every region's text (JSON-escaped, as the
+/// answer string holds it) joined with spaces in region order, so a copy may run across
+/// consecutive lines (an address).
+struct CopySource {
+    text: Vec<u8>,
+    /// Byte offsets where words start.
+    starts: Vec<usize>,
+    /// (start, end, region id) of each region's text in `text`.
+    spans: Vec<(usize, usize, String)>,
+}
+
+impl CopySource {
+    fn new(regions: &[(String, String)]) -> Self {
+        let mut text = Vec::new();
+        let mut spans = Vec::new();
+        for (id, t) in regions {
+            if !text.is_empty() {
+                text.push(b' ');
+            }
+            let esc = serde_json::to_string(t).unwrap_or_default();
+            let esc = esc.trim_start_matches('"').trim_end_matches('"');
+            let start = text.len();
+            text.extend_from_slice(esc.as_bytes());
+            spans.push((start, text.len(), id.clone()));
+        }
+        let starts = (0..text.len())
+            .filter(|&i| text[i] != b' ' && (i == 0 || text[i - 1] == b' '))
+            .collect();
+        Self {
+            text,
+            starts,
+            spans,
+        }
+    }
+
+    /// Whether `prefix` (leading spaces ignored) begins a word of the evidence.
+    fn starts_with_word(&self, prefix: &[u8]) -> bool {
+        let p = prefix.trim_ascii_start();
+        !p.is_empty() && self.has_at_word(p)
+    }
+
+    /// Whether `t` occurs in the evidence starting at a word.
+    fn has_at_word(&self, t: &[u8]) -> bool {
+        self.find(t).is_some()
+    }
+
+    fn find(&self, t: &[u8]) -> Option<usize> {
+        self.starts
+            .iter()
+            .copied()
+            .find(|&p| self.text.len() >= p + t.len() && &self.text[p..p + t.len()] == t)
+    }
+
+    /// The regions the first occurrence of `t` overlaps.
+    fn regions_of(&self, t: &[u8]) -> Vec<String> {
+        let t = t.trim_ascii_end();
+        let Some(p) = self.find(t) else {
+            return Vec::new();
+        };
+        let e = p + t.len();
+        self.spans
+            .iter()
+            .filter(|(a, b, _)| *a < e && p < *b)
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    }
+}
+
 enum StepFailure {
     Malformed { output: String, reason: String },
     Model(LlmError),
@@ -250,7 +322,7 @@ fn constrained_step(
     s: &mut Session,
     cfg: &EmbeddedConfig,
     tools: &[String],
-    regions: &[String],
+    regions: &[(String, String)],
     must_answer: bool,
     observed: bool,
     ctx: &StepContext,
@@ -277,29 +349,54 @@ fn constrained_step(
     if name == answer {
         s.push_text("{\"text\": \"")?;
         let on_text = ctx.on_text.clone();
-        let (body, closed) = s.free_string(cfg.max_answer_tokens, |chunk| {
+        let stream = |chunk: &str| {
             if let Some(f) = &on_text {
                 f(chunk);
             }
-        })?;
+        };
+        let source = CopySource::new(regions);
+        // Copy mode when the model's own next words start a word of the evidence: the text
+        // is then copied from the evidence by construction (a small model otherwise
+        // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
+        let first = s.peek()?;
+        let copying = cfg.copy_answers && source.starts_with_word(&first);
+        let (body, closed, mut cited) = if copying {
+            let (body, closed) = s.free_string(
+                cfg.max_answer_tokens,
+                |so_far, piece, closes| {
+                    let mut t = so_far.to_vec();
+                    t.extend_from_slice(piece);
+                    (!closes || !t.is_empty()) && source.has_at_word(&t)
+                },
+                stream,
+            )?;
+            let cited = source.regions_of(body.as_bytes());
+            (body, closed, cited)
+        } else {
+            let (body, closed) = s.free_string(cfg.max_answer_tokens, |_, _, _| true, stream)?;
+            (body, closed, Vec::new())
+        };
         s.push_text(if closed {
             ", \"regions\": ["
         } else {
             "\", \"regions\": ["
         })?;
-        let ids: Vec<String> = regions.iter().map(|r| format!("\"{r}\"")).collect();
-        let mut cited: Vec<String> = Vec::new();
-        if !ids.is_empty() {
+        let ids: Vec<String> = regions.iter().map(|(r, _)| format!("\"{r}\"")).collect();
+        if copying {
+            // The regions are where the text was copied from; p2g writes them.
+            let list: Vec<String> = cited.iter().map(|c| format!("\"{c}\"")).collect();
+            s.push_text(&format!("{}]", list.join(", ")))?;
+        } else if !ids.is_empty() {
             let mut first: Vec<String> = ids.clone();
             first.push("]".into());
             let k = s.choose(&first)?;
             if k < ids.len() {
-                cited.push(regions[k].clone());
+                cited.push(regions[k].0.clone());
                 let sep = vec![", ".to_string(), "]".to_string()];
                 while cited.len() < cfg.max_citations && s.choose(&sep)? == 0 {
                     let k = s.choose(&ids)?;
-                    if !cited.contains(&regions[k]) {
-                        cited.push(regions[k].clone());
+                    if !cited.contains(&regions[k].0) {
+                        cited.push(regions[k].0.clone());
                     }
                 }
                 if cited.len() >= cfg.max_citations {
@@ -431,9 +528,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn string_and_brace_ends() {
+    fn copies_come_from_words_of_the_evidence() {
+        let src = CopySource::new(&[
+            ("r1".into(), "DATE: 25/12/2018".into()),
+            ("r2".into(), "TAMAN DAYA,".into()),
+            ("r3".into(), "81100 JOHOR".into()),
+        ]);
+        assert!(src.starts_with_word(b"25/12"));
+        assert!(src.starts_with_word(b" TAMAN"));
+        assert!(!src.starts_with_word(b"5/12"));
+        assert!(!src.starts_with_word(b"It"));
+        assert_eq!(src.regions_of(b"25/12/2018"), ["r1"]);
+        assert_eq!(src.regions_of(b"TAMAN DAYA, 81100 JOHOR"), ["r2", "r3"]);
+    }
+
+    #[test]
+    fn arguments_end_at_the_closing_brace() {
         assert_eq!(json_closed(b"}", 1), Some(0));
         assert_eq!(json_closed(b"\"region\": [1, 2", 1), None);
-        assert_eq!(json_closed(b"\"a\": \"}\"}}", 1), Some(9));
+        assert_eq!(json_closed(b"\"a\": \"}\"}}", 1), Some(8));
     }
 }

@@ -123,11 +123,14 @@ pub struct Step {
     pub stats: StepStats,
 }
 
+/// Receives answer text as it is generated.
+pub type TextSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Per-call hooks: streaming and cancellation.
 #[derive(Clone, Default)]
 pub struct StepContext {
     /// Called with answer text as it is generated.
-    pub on_text: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub on_text: Option<TextSink>,
     /// Set to stop generation; the decision then fails with [`ControllerError::Cancelled`].
     pub cancel: Arc<AtomicBool>,
 }

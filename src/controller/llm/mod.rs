@@ -8,6 +8,7 @@
 //! tool calls well-formed by construction. Setting a prompt that shares a prefix with what the
 //! session already holds only runs the new tokens.
 
+pub mod kernels;
 pub mod transformer;
 
 use std::fs::File;
@@ -248,6 +249,22 @@ fn fix_pre_tokenizer(tok: &mut Tokenizer, pre: &str) {
         ];
         tok.with_pre_tokenizer(Some(Sequence::new(seq)));
     }
+}
+
+/// Where `bytes`, appended to the JSON string contents `so_far`, holds the unescaped quote
+/// that closes the string.
+fn string_close(so_far: &[u8], bytes: &[u8]) -> Option<usize> {
+    let trailing = so_far.iter().rev().take_while(|&&b| b == b'\\').count();
+    let mut escaped = trailing % 2 == 1;
+    for (i, &b) in bytes.iter().enumerate() {
+        match (escaped, b) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Why free generation stopped.
@@ -555,10 +572,13 @@ impl Session {
     /// Generates the contents of a JSON string (the opening quote already written) up to and
     /// including its closing quote, on one line. A token that would close the string and go
     /// on (`",`) is replaced by the bare quote, so what follows is the caller's to write.
-    /// Returns the contents without the quote and whether the string was closed.
+    /// `allowed(so_far, piece, closes)` vets each candidate: `piece` is the token's text up to
+    /// the closing quote, `closes` whether it closes the string. Returns the contents without
+    /// the quote and whether the string was closed.
     pub fn free_string(
         &mut self,
         max_tokens: usize,
+        mut allowed: impl FnMut(&[u8], &[u8], bool) -> bool,
         mut on_text: impl FnMut(&str),
     ) -> Result<(String, bool), LlmError> {
         let quote = self
@@ -573,30 +593,20 @@ impl Session {
             self.check_cancel()?;
             let lm = self.lm.clone();
             let next = self.best_allowed(|id, bytes| {
-                !bytes.is_empty()
-                    && !lm.special.get(id as usize).copied().unwrap_or(false)
-                    && !bytes.iter().any(|&b| b < 0x20)
+                if bytes.is_empty()
+                    || lm.special.get(id as usize).copied().unwrap_or(false)
+                    || bytes.iter().any(|&b| b < 0x20)
+                {
+                    return false;
+                }
+                match string_close(&text, bytes) {
+                    Some(i) => allowed(&text, &bytes[..i], true),
+                    None => allowed(&text, bytes, false),
+                }
             })?;
             let Some(id) = next else { break };
             let bytes = lm.token_bytes(id);
-            // Where this token would close the string, if it does.
-            let mut escaped = text.last() == Some(&b'\\') && {
-                let n = text.iter().rev().take_while(|&&b| b == b'\\').count();
-                n % 2 == 1
-            };
-            let mut close = None;
-            for (i, &b) in bytes.iter().enumerate() {
-                match (escaped, b) {
-                    (true, _) => escaped = false,
-                    (false, b'\\') => escaped = true,
-                    (false, b'"') => {
-                        close = Some(i);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            match close {
+            match string_close(&text, bytes) {
                 Some(i) => {
                     text.extend_from_slice(&bytes[..i]);
                     self.accept(quote);
@@ -622,6 +632,33 @@ impl Session {
             }
         }
         Ok((String::from_utf8_lossy(&text).into_owned(), false))
+    }
+
+    /// Accepts the most likely next token, whatever it is (for benchmarks: no stop condition).
+    pub fn step_greedy(&mut self) -> Result<u32, LlmError> {
+        self.check_cancel()?;
+        let logits = self.logits()?;
+        let best = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        self.accept(best);
+        Ok(best)
+    }
+
+    /// The most likely next token's bytes.
+    pub fn peek(&mut self) -> Result<Vec<u8>, LlmError> {
+        let lm = self.lm.clone();
+        let logits = self.logits()?;
+        let best = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        Ok(lm.token_bytes(best).to_vec())
     }
 
     /// Runs what is pending so the cache holds the whole conversation (e.g. after forced text

@@ -21,6 +21,7 @@ use candle_core::quantized::{
 };
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::kernels::Q5Matrix;
 use super::LlmError;
 
 /// Prefill chunks with at least this many rows go through the f32 GEMM path.
@@ -119,35 +120,56 @@ impl Config {
 /// decode and are expanded to f32 per call for large prefill chunks.
 #[derive(Debug, Clone)]
 struct Linear {
-    weight: Arc<QTensor>,
-    qmm: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Formats candle has kernels for (Q8_0, K-quants, f32).
+    Candle(Arc<QTensor>, QMatMul),
+    /// Q5_0, with p2g's own kernel (candle's is scalar).
+    Q5(Arc<Q5Matrix>),
 }
 
 impl Linear {
     fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self, candle_core::Error> {
-        let weight = Arc::new(weight);
-        Ok(Self {
-            qmm: QMatMul::from_arc(weight.clone())?,
-            weight,
-            bias,
-        })
+        let weight = if weight.dtype() == GgmlDType::Q5_0 {
+            let (rows, cols) = weight.shape().dims2()?;
+            match Q5Matrix::new(rows, cols, weight.data()?.into_owned()) {
+                Some(m) => Weight::Q5(Arc::new(m)),
+                None => candle_core::bail!("a Q5_0 matrix of {rows}x{cols} has the wrong size"),
+            }
+        } else {
+            let weight = Arc::new(weight);
+            Weight::Candle(weight.clone(), QMatMul::from_arc(weight)?)
+        };
+        Ok(Self { weight, bias })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, candle_core::Error> {
-        let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let y = match &self.qmm {
-            QMatMul::QTensor(_) if rows >= GEMM_MIN_ROWS => {
-                let w = self.weight.dequantize(x.device())?;
-                let (n, k) = w.dims2()?;
-                let mut dims = x.dims().to_vec();
-                let flat = x.reshape((rows, k))?.matmul(&w.t()?)?;
-                if let Some(last) = dims.last_mut() {
-                    *last = n;
-                }
-                flat.reshape(dims)?
+        let k = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / k;
+        let gemm = |w: Tensor| -> Result<Tensor, candle_core::Error> {
+            let n = w.dim(0)?;
+            let mut dims = x.dims().to_vec();
+            let flat = x.reshape((rows, k))?.matmul(&w.t()?)?;
+            if let Some(last) = dims.last_mut() {
+                *last = n;
             }
-            _ => self.qmm.forward(x)?,
+            flat.reshape(dims)
+        };
+        let y = match &self.weight {
+            Weight::Candle(w, QMatMul::QTensor(_)) if rows >= GEMM_MIN_ROWS => {
+                gemm(w.dequantize(x.device())?)?
+            }
+            Weight::Candle(_, qmm) => qmm.forward(x)?,
+            Weight::Q5(m) if rows >= GEMM_MIN_ROWS => gemm(Tensor::from_vec(
+                m.dequantize(),
+                (m.rows(), m.cols()),
+                x.device(),
+            )?)?,
+            Weight::Q5(m) => x.contiguous()?.apply_op1_no_bwd(m.as_ref())?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

@@ -1,0 +1,289 @@
+//! `p2g eval sroie`: key-field questions on SROIE-layout receipts, scored against `key/*.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde::Serialize;
+
+use p2g::orchestrator::AskOptions;
+use p2g::vision::{Image, LoadOptions};
+
+use super::setup::{build, LoopArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCmd {
+    /// Ask for company, date, address and total on each receipt of DIR (img/, key/).
+    Sroie {
+        dir: PathBuf,
+        /// One JSON line per question, then the summary object.
+        #[arg(long)]
+        json: bool,
+        /// Only the first N receipts (by name).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Append every step of every question to FILE.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        #[command(flatten)]
+        args: LoopArgs,
+    },
+}
+
+const FIELDS: [(&str, &str); 4] = [
+    ("company", "What is the company name?"),
+    ("date", "What is the date?"),
+    ("address", "What is the address?"),
+    ("total", "What is the total amount?"),
+];
+
+/// Upper case, no whitespace, no punctuation: "No. 5, Jalan" and "NO 5 JALAN" compare equal.
+pub fn normalise(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+/// 1 - edit distance / longer length, on normalised strings.
+pub fn similarity(a: &str, b: &str) -> f64 {
+    let a: Vec<char> = normalise(a).chars().collect();
+    let b: Vec<char> = normalise(b).chars().collect();
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let d = p2g::orchestrator::grounding::levenshtein(&a, &b);
+    1.0 - d as f64 / a.len().max(b.len()) as f64
+}
+
+#[derive(Serialize)]
+struct QuestionResult {
+    receipt: String,
+    field: &'static str,
+    answer: String,
+    expected: String,
+    correct: bool,
+    similarity: f64,
+    seconds: f64,
+    steps: usize,
+    error: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct Accuracy {
+    company: f64,
+    date: f64,
+    address: f64,
+    total: f64,
+    overall: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    n: usize,
+    accuracy: Accuracy,
+    similarity: Accuracy,
+    median_s: f64,
+}
+
+fn receipts(dir: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    let img = dir.join("img");
+    let key = dir.join("key");
+    if !img.is_dir() || !key.is_dir() {
+        bail!(
+            "{} is not an SROIE-layout folder: it needs img/ (receipt images) and key/ (NAME.json with company, date, address, total)",
+            dir.display()
+        );
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&img).with_context(|| format!("cannot list {}", img.display()))? {
+        let p = e?.path();
+        let Some(stem) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let k = key.join(format!("{stem}.json"));
+        if k.is_file() {
+            out.push((stem, p, k));
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!(
+            "no image in {} has a key file in {}",
+            img.display(),
+            key.display()
+        );
+    }
+    Ok(out)
+}
+
+pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
+    let EvalCmd::Sroie {
+        dir,
+        json,
+        limit,
+        trace,
+        args,
+    } = cmd;
+    let mut items = receipts(&dir)?;
+    if let Some(n) = limit {
+        items.truncate(n);
+    }
+    let orch = build(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut results: Vec<QuestionResult> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for (i, (name, img, key)) in items.iter().enumerate() {
+        let keys: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read {}", key.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", key.display()))?;
+        let image = match Image::open(
+            img,
+            &LoadOptions {
+                max_pixels: args.max_pixels,
+            },
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("p2g: {name}: {e}");
+                continue;
+            }
+        };
+        // One conversation per receipt: later questions reuse what the first one read.
+        let mut session = orch.session(image, img);
+        if let Some(t) = &trace {
+            session.set_trace(p2g::trace::TraceSink::to_file(t)?);
+        }
+        for (field, question) in FIELDS {
+            let expected = keys[field].as_str().unwrap_or_default().to_string();
+            let t0 = Instant::now();
+            let r = rt.block_on(session.ask(question, AskOptions::default()));
+            let seconds = t0.elapsed().as_secs_f64();
+            let (answer, steps, error) = match r {
+                Ok(a) => (a.answer, a.steps, None),
+                Err(e) => (String::new(), 0, Some(e.to_string())),
+            };
+            let res = QuestionResult {
+                receipt: name.clone(),
+                field,
+                correct: error.is_none() && normalise(&answer) == normalise(&expected),
+                similarity: similarity(&answer, &expected),
+                answer,
+                expected,
+                seconds,
+                steps,
+                error,
+            };
+            if json {
+                serde_json::to_writer(&mut out, &res)?;
+                writeln!(out)?;
+            } else {
+                eprintln!(
+                    "[{}/{}] {name} {field:<8} {} {:?} (expected {:?}) {:.1} s",
+                    i + 1,
+                    items.len(),
+                    if res.correct { "✓" } else { "✗" },
+                    res.answer,
+                    res.expected,
+                    seconds
+                );
+            }
+            results.push(res);
+        }
+    }
+    let acc = |f: Option<&str>, sim: bool| -> f64 {
+        let sel: Vec<&QuestionResult> = results
+            .iter()
+            .filter(|r| f.is_none_or(|f| r.field == f))
+            .collect();
+        if sel.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = sel
+            .iter()
+            .map(|r| {
+                if sim {
+                    r.similarity
+                } else {
+                    f64::from(u8::from(r.correct))
+                }
+            })
+            .sum();
+        total / sel.len() as f64
+    };
+    let summarise = |sim: bool| Accuracy {
+        company: acc(Some("company"), sim),
+        date: acc(Some("date"), sim),
+        address: acc(Some("address"), sim),
+        total: acc(Some("total"), sim),
+        overall: acc(None, sim),
+    };
+    let mut secs: Vec<f64> = results.iter().map(|r| r.seconds).collect();
+    secs.sort_by(f64::total_cmp);
+    let median_s = if secs.is_empty() {
+        0.0
+    } else if secs.len() % 2 == 1 {
+        secs[secs.len() / 2]
+    } else {
+        (secs[secs.len() / 2 - 1] + secs[secs.len() / 2]) / 2.0
+    };
+    let summary = Summary {
+        n: results.len() / FIELDS.len(),
+        accuracy: summarise(false),
+        similarity: summarise(true),
+        median_s,
+    };
+    if json {
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "receipts: {}  questions: {}", summary.n, results.len())?;
+        writeln!(out, "{:<9} {:>8} {:>10}", "field", "accuracy", "similarity")?;
+        for (f, a, s) in [
+            (
+                "company",
+                summary.accuracy.company,
+                summary.similarity.company,
+            ),
+            ("date", summary.accuracy.date, summary.similarity.date),
+            (
+                "address",
+                summary.accuracy.address,
+                summary.similarity.address,
+            ),
+            ("total", summary.accuracy.total, summary.similarity.total),
+            (
+                "overall",
+                summary.accuracy.overall,
+                summary.similarity.overall,
+            ),
+        ] {
+            writeln!(out, "{f:<9} {a:>8.3} {s:>10.3}")?;
+        }
+        writeln!(out, "median seconds per question: {median_s:.2}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_ignores_case_space_and_punctuation() {
+        assert_eq!(
+            normalise("No. 5, Jalan  Sagu"),
+            normalise("NO 5 JALAN SAGU")
+        );
+        assert!(similarity("9.00", "9.00") == 1.0);
+        assert!(similarity("9.80", "9.00") < 1.0);
+    }
+}
