@@ -64,9 +64,11 @@ fn the_loop_reads_the_receipt_and_cites_the_total() {
         .unwrap();
     assert_eq!(a.answer, "9.00", "{a:?}");
     assert_eq!(a.grounding.len(), 1, "{a:?}");
-    // The cited box is the total's line, bottom right of the receipt.
+    // The cited region reads exactly "9.00": one of the amount column's lines (price, total
+    // or rounded total), bottom right of the receipt — not "9.000" from the quantity column.
+    assert_eq!(a.grounding[0].phrase, "9.00");
     let b = a.grounding[0].bbox;
-    assert!(b.x1 > 300.0 && b.y1 > 650.0 && b.y2 < 760.0, "{b:?}");
+    assert!(b.x1 > 300.0 && b.y1 > 550.0 && b.y2 < 760.0, "{b:?}");
     assert!(a.linked.starts_with("[9.00]("), "{}", a.linked);
 }
 

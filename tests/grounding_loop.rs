@@ -118,6 +118,10 @@ impl Agent for Reader {
         }
     }
 
+    fn capabilities(&self) -> Vec<p2g::agents::Capability> {
+        vec![p2g::agents::Capability::Text]
+    }
+
     fn findings(&self, output: &Self::Output) -> Vec<Finding> {
         output
             .iter()
@@ -384,5 +388,27 @@ fn bad_questions_and_builders_are_errors() {
             .agent(reader())
             .build(),
         Err(OrchestratorError::DuplicateAgent(_))
+    ));
+}
+
+#[test]
+fn appearance_questions_without_a_vision_model_are_answered_plainly_not_guessed() {
+    let (c, seen) = Scripted::new(vec![Ok(answer("tan", &["r1"]))]);
+    let o = orch(c, vec![reader()]);
+    let mut s = o.session(image(), std::path::Path::new("r.png"));
+    let a = rt()
+        .block_on(s.ask("What colour is the paper?", AskOptions::default()))
+        .unwrap();
+    assert!(a.answer.starts_with("I cannot tell"), "{}", a.answer);
+    assert!(a.answer.contains("reader"), "{}", a.answer);
+    assert!(a.grounding.is_empty());
+    assert_eq!(a.steps, 0);
+    // The controller was not asked to guess.
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(p2g::orchestrator::asks_about_appearance(
+        "Which shade of red is the logo?"
+    ));
+    assert!(!p2g::orchestrator::asks_about_appearance(
+        "What is the total amount?"
     ));
 }

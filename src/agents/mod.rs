@@ -47,6 +47,18 @@ pub enum FindingKind {
     Object,
 }
 
+/// What an agent can perceive, so the loop knows which questions no tool can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Reads text.
+    Text,
+    /// Finds and locates objects by name.
+    Objects,
+    /// Sees what things look like: colours, shapes, materials.
+    Appearance,
+}
+
 /// What a type-erased call returns: the agent's own output as JSON, plus its findings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentReply {
@@ -85,6 +97,11 @@ pub trait Agent: Send + Sync {
     /// The located results in an output, in the order a reader should see them.
     fn findings(&self, output: &Self::Output) -> Vec<Finding>;
 
+    /// What this agent can perceive.
+    fn capabilities(&self) -> Vec<Capability> {
+        Vec::new()
+    }
+
     /// Runs the agent on an image.
     fn run(
         &self,
@@ -100,6 +117,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait DynAgent: Send + Sync {
     fn name(&self) -> &str;
     fn definition(&self) -> ToolDefinition;
+    fn capabilities(&self) -> Vec<Capability>;
     fn call<'a>(
         &'a self,
         image: &'a Image,
@@ -114,6 +132,10 @@ impl<A: Agent> DynAgent for A {
 
     fn definition(&self) -> ToolDefinition {
         Agent::definition(self)
+    }
+
+    fn capabilities(&self) -> Vec<Capability> {
+        Agent::capabilities(self)
     }
 
     fn call<'a>(

@@ -53,7 +53,7 @@ pub fn run(cmd: AskCmd) -> Result<ExitCode> {
             max_pixels: cmd.args.max_pixels,
         },
     )?;
-    let orch = build(&cmd.args)?;
+    let orch = build(&cmd.args, p2g::orchestrator::History::Full)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -132,7 +132,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
     if let Some(n) = limit {
         items.truncate(n);
     }
-    let orch = build(&args)?;
+    let orch = build(&args, p2g::orchestrator::History::Evidence)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -74,7 +74,7 @@ fn open_image<'o>(
 }
 
 pub fn run(cmd: ReplCmd) -> Result<ExitCode> {
-    let orch = build(&cmd.args)?;
+    let orch = build(&cmd.args, p2g::orchestrator::History::Full)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,7 +10,7 @@ use p2g::controller::embedded::EmbeddedConfig;
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{ControllerChoice, EmbeddedController};
 use p2g::models::{ModelSource, Store};
-use p2g::orchestrator::Orchestrator;
+use p2g::orchestrator::{History, Orchestrator};
 
 use super::ModelArgs;
 
@@ -20,6 +20,12 @@ pub enum ControllerArg {
     Qwen,
     /// SmolLM2-135M-Instruct: smaller and faster, much weaker.
     Smollm2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryArg {
+    Full,
+    Evidence,
 }
 
 /// Options of the grounding loop.
@@ -54,6 +60,12 @@ pub struct LoopArgs {
     #[arg(long)]
     pub unconstrained: bool,
 
+    /// What earlier questions leave in the controller's view: `full` (a conversation) or
+    /// `evidence` (only what was read; questions are independent). Default: full, except for
+    /// `eval` (evidence).
+    #[arg(long, value_enum)]
+    pub history: Option<HistoryArg>,
+
     /// Refuse images with more pixels than this (protects against decompression bombs).
     #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -62,7 +74,7 @@ pub struct LoopArgs {
     pub models: ModelArgs,
 }
 
-pub fn build(args: &LoopArgs) -> Result<Orchestrator> {
+pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> {
     let store = Store::open_default()?;
     let source = match &args.models.model_dir {
         Some(dir) => ModelSource::Dir(dir.clone()),
@@ -92,7 +104,12 @@ pub fn build(args: &LoopArgs) -> Result<Orchestrator> {
     let mut b = Orchestrator::builder()
         .controller(controller)
         .max_steps(args.max_steps)
-        .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)));
+        .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)))
+        .history(match args.history {
+            Some(HistoryArg::Full) => History::Full,
+            Some(HistoryArg::Evidence) => History::Evidence,
+            None => default_history,
+        });
     if !args.no_agents {
         let mut ocr = OcrConfig::embedded()?;
         if let Some(t) = args.models.threads {

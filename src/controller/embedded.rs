@@ -31,7 +31,7 @@ use crate::models::{ModelSource, Store};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ControllerChoice {
-    /// Qwen2.5-Coder-0.5B-Instruct (tool-calling chat template), Q5_0 re-encoded as Q8_0.
+    /// Qwen2.5-Coder-0.5B-Instruct (tool-calling chat template), Q5_0 with p2g's AVX2 kernel.
     #[default]
     Qwen,
     /// SmolLM2-135M-Instruct Q4_1: four times smaller, far weaker.
@@ -42,7 +42,7 @@ impl ControllerChoice {
     /// (bundle, file) in `models.toml`.
     pub fn model_file(self) -> (&'static str, &'static str) {
         match self {
-            ControllerChoice::Qwen => ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q8.gguf"),
+            ControllerChoice::Qwen => ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct.gguf"),
             ControllerChoice::Smollm2 => ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         }
     }
@@ -286,10 +286,17 @@ impl CopySource {
             .find(|&p| self.text.len() >= p + t.len() && &self.text[p..p + t.len()] == t)
     }
 
-    /// The regions the first occurrence of `t` overlaps.
+    /// The regions the copy `t` came from: its first occurrence that ends a word ("9.00" is
+    /// the line "TOTAL 9.00", not the start of "9.000"), else its first occurrence.
     fn regions_of(&self, t: &[u8]) -> Vec<String> {
         let t = t.trim_ascii_end();
-        let Some(p) = self.find(t) else {
+        let whole = self.starts.iter().copied().find(|&p| {
+            let e = p + t.len();
+            self.text.len() >= e
+                && &self.text[p..e] == t
+                && (e == self.text.len() || self.text[e] == b' ')
+        });
+        let Some(p) = whole.or_else(|| self.find(t)) else {
             return Vec::new();
         };
         let e = p + t.len();
@@ -540,6 +547,12 @@ mod tests {
         assert!(!src.starts_with_word(b"It"));
         assert_eq!(src.regions_of(b"25/12/2018"), ["r1"]);
         assert_eq!(src.regions_of(b"TAMAN DAYA, 81100 JOHOR"), ["r2", "r3"]);
+        let src = CopySource::new(&[
+            ("r1".into(), "9.000".into()),
+            ("r2".into(), "TOTAL 9.00".into()),
+        ]);
+        assert_eq!(src.regions_of(b"9.00"), ["r2"]);
+        assert_eq!(src.regions_of(b"9.0"), ["r1"]);
     }
 
     #[test]

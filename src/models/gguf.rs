@@ -1,10 +1,11 @@
 //! Derived model files: a GGUF re-encoded at fetch time.
 //!
-//! The pinned Qwen2.5-Coder GGUF stores most matrices as Q5_0, for which candle has only a
-//! scalar kernel (13.5 tokens/s prefill here). Re-encoding those matrices as Q8_0 once, when the
-//! model is fetched, gives the same greedy answers at several times the speed. The output is
-//! deterministic (metadata and tensors written in name order), so the derived file is pinned by
-//! its own sha256 in `models.toml` like any downloaded file.
+//! A bundle file may be `derive`d from another file of its bundle by re-encoding its tensors of
+//! one type as another (e.g. Q5_0 as Q8_0, a type candle has fast kernels for). The output is
+//! deterministic (metadata and tensors written in name order), so a derived file is pinned by
+//! its own sha256 in `models.toml` like any downloaded file. The embedded controller no longer
+//! needs it (p2g has its own Q5_0 kernel, as fast as Q8_0 and a third smaller); the mechanism
+//! stays for models shipped in formats candle runs slowly.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -99,4 +100,52 @@ pub fn requantize(src: &Path, dst: &Path, rule: &Requantize) -> Result<(), Model
     drop(out);
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    #[test]
+    fn requantising_is_deterministic_and_changes_only_the_named_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 64.0 * 32.0, &dev)
+            .unwrap()
+            .reshape((64, 32))
+            .unwrap();
+        let q5 = QTensor::quantize(&(w.clone() / 1000.0).unwrap(), GgmlDType::Q5_0).unwrap();
+        let f = QTensor::quantize(&w, GgmlDType::F32).unwrap();
+        let src = dir.path().join("m.gguf");
+        let name = gguf_file::Value::String("tiny".into());
+        let mut out = File::create(&src).unwrap();
+        gguf_file::write(
+            &mut out,
+            &[("general.name", &name)],
+            &[("a", &q5), ("b", &f)],
+        )
+        .unwrap();
+        drop(out);
+        let rule = Requantize {
+            from: "Q5_0".into(),
+            to: "Q8_0".into(),
+        };
+        let (d1, d2) = (dir.path().join("d1.gguf"), dir.path().join("d2.gguf"));
+        requantize(&src, &d1, &rule).unwrap();
+        requantize(&src, &d2, &rule).unwrap();
+        assert_eq!(std::fs::read(&d1).unwrap(), std::fs::read(&d2).unwrap());
+        let mut r = BufReader::new(File::open(&d1).unwrap());
+        let ct = gguf_file::Content::read(&mut r).unwrap();
+        assert_eq!(ct.tensor_infos["a"].ggml_dtype, GgmlDType::Q8_0);
+        assert_eq!(ct.tensor_infos["b"].ggml_dtype, GgmlDType::F32);
+        assert!(ct.metadata.contains_key("p2g.requantized"));
+        let bad = Requantize {
+            from: "Q9".into(),
+            to: "Q8_0".into(),
+        };
+        assert!(requantize(&src, &d1, &bad).is_err());
+        let e = requantize(&dir.path().join("missing.gguf"), &d1, &rule).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::agents::{AgentError, DynAgent};
+use crate::agents::{AgentError, Capability, DynAgent};
 use crate::controller::{
     Controller, ControllerError, Conversation, Decision, ImageFacts, StepContext, Turn,
 };
@@ -58,6 +58,18 @@ pub enum OrchestratorError {
     BadRegion(f32, f32, f32, f32, u32, u32),
 }
 
+/// What earlier questions of a session leave in the controller's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum History {
+    /// Every question, call, observation and answer (a conversation: "and the one below?").
+    #[default]
+    Full,
+    /// Only the evidence: the first question with every call and observation since, then the
+    /// current question. Earlier answers cannot bias independent questions, and the prompt
+    /// prefix (system, first question, evidence) stays cached.
+    Evidence,
+}
+
 /// Limits of the loop.
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
@@ -65,6 +77,7 @@ pub struct LoopConfig {
     pub max_steps: usize,
     /// An agent call that takes longer is abandoned and reported to the controller.
     pub agent_timeout: Duration,
+    pub history: History,
 }
 
 impl Default for LoopConfig {
@@ -72,6 +85,7 @@ impl Default for LoopConfig {
         Self {
             max_steps: 6,
             agent_timeout: Duration::from_secs(300),
+            history: History::Full,
         }
     }
 }
@@ -120,6 +134,11 @@ impl OrchestratorBuilder {
 
     pub fn agent_timeout(mut self, d: Duration) -> Self {
         self.cfg.agent_timeout = d;
+        self
+    }
+
+    pub fn history(mut self, h: History) -> Self {
+        self.cfg.history = h;
         self
     }
 
@@ -286,11 +305,17 @@ impl<'o> Session<'o> {
                 .map(|a| a.name().to_string())
                 .collect(),
         });
+        if let Some(a) = self.unanswerable(question, started) {
+            return Ok(a);
+        }
         self.turns.push(Turn::Question {
             text: question.to_string(),
             region: opts.region,
         });
-        let result = self.run_loop(&opts, started).instrument(span).await;
+        let result = self
+            .run_loop(&opts, started, turns_before)
+            .instrument(span)
+            .await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         match result {
             Ok(a) => Ok(a),
@@ -312,10 +337,80 @@ impl<'o> Session<'o> {
         opts.ctx.cancel.load(Ordering::Relaxed)
     }
 
+    /// A question about what things look like, when neither the controller nor any agent can
+    /// see appearance, is answered plainly as unanswerable instead of being guessed (a text
+    /// controller given OCR lines answers "what colour is the paper?" with a word it read).
+    fn unanswerable(&mut self, question: &str, started: Instant) -> Option<Answer> {
+        if !asks_about_appearance(question)
+            || self.orch.controller.accepts_images()
+            || self
+                .orch
+                .agents
+                .iter()
+                .any(|a| a.capabilities().contains(&Capability::Appearance))
+        {
+            return None;
+        }
+        let tools: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
+        let text =
+            format!(
+            "I cannot tell: answering needs to see what things look like (colours, shapes), and \
+             no vision model is loaded; the available tools ({}) only {}.",
+            if tools.is_empty() { "none".to_string() } else { tools.join(", ") },
+            if self.orch.agents.iter().any(|a| a.capabilities().contains(&Capability::Objects)) {
+                "read text and locate objects"
+            } else {
+                "read text"
+            }
+        );
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.trace.record(TraceEvent::Answer {
+            text: text.clone(),
+            controller_text: String::new(),
+            copied: false,
+            linked: text.clone(),
+            grounding: Vec::new(),
+            steps: 0,
+            elapsed_ms: elapsed_ms as f64,
+        });
+        Some(Answer {
+            answer: text.clone(),
+            grounding: Vec::new(),
+            linked: text,
+            steps: 0,
+            elapsed_ms,
+            controller_text: String::new(),
+        })
+    }
+
+    /// The turns the controller sees for the question starting at `current`.
+    fn visible_turns(&self, current: usize) -> Vec<Turn> {
+        match self.orch.cfg.history {
+            History::Full => self.turns.clone(),
+            History::Evidence => {
+                let first_q = self
+                    .turns
+                    .iter()
+                    .position(|t| matches!(t, Turn::Question { .. }));
+                self.turns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, t)| {
+                        *i >= current
+                            || Some(*i) == first_q
+                            || matches!(t, Turn::Call { .. } | Turn::Observation { .. })
+                    })
+                    .map(|(_, t)| t.clone())
+                    .collect()
+            }
+        }
+    }
+
     async fn run_loop(
         &mut self,
         opts: &AskOptions,
         started: Instant,
+        current: usize,
     ) -> Result<Answer, (OrchestratorError, usize)> {
         let max = self.orch.cfg.max_steps;
         let mut repaired = false;
@@ -326,7 +421,7 @@ impl<'o> Session<'o> {
             let tools = self.orch.agents.iter().map(|a| a.definition()).collect();
             let conv = Conversation {
                 image: self.facts.clone(),
-                turns: self.turns.clone(),
+                turns: self.visible_turns(current),
                 tools,
                 regions: self
                     .evidence
@@ -563,6 +658,41 @@ impl<'o> Session<'o> {
             }
         }
     }
+}
+
+/// Words that ask what something looks like.
+const APPEARANCE_WORDS: [&str; 14] = [
+    "colour",
+    "color",
+    "colours",
+    "colors",
+    "coloured",
+    "colored",
+    "shade",
+    "shape",
+    "shaped",
+    "appearance",
+    "look like",
+    "looks like",
+    "wearing",
+    "material",
+];
+
+/// Whether a question asks about appearance (colours, shapes), which text tools cannot see.
+pub fn asks_about_appearance(question: &str) -> bool {
+    let q = question.to_lowercase();
+    let words: Vec<&str> = q
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let joined = words.join(" ");
+    APPEARANCE_WORDS.iter().any(|w| {
+        if w.contains(' ') {
+            joined.contains(w)
+        } else {
+            words.contains(w)
+        }
+    })
 }
 
 /// `r1–r40` for a contiguous run of ids, else a list.

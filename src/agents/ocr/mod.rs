@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentError, AgentManifest, Finding, FindingKind, ToolDefinition};
+use super::{Agent, AgentError, AgentManifest, Capability, Finding, FindingKind, ToolDefinition};
 use crate::models::runtime::{self, SessionOptions};
 use crate::models::{ModelError, ModelSource, Store};
 use crate::vision::crop::crop_quad;
@@ -324,6 +324,10 @@ impl Agent for OcrAgent {
 
     fn definition(&self) -> ToolDefinition {
         self.definition.clone()
+    }
+
+    fn capabilities(&self) -> Vec<Capability> {
+        vec![Capability::Text]
     }
 
     fn findings(&self, output: &OcrOutput) -> Vec<Finding> {
