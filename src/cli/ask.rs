@@ -54,11 +54,7 @@ pub fn run(cmd: AskCmd) -> Result<ExitCode> {
         },
     )?;
     let orch = build(&cmd.args, p2g::orchestrator::History::Full)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::setup::runtime()?;
     let mut session = orch.session(image, &cmd.image);
     if let Some(path) = &cmd.trace {
         session.set_trace(

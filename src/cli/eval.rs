@@ -133,10 +133,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         items.truncate(n);
     }
     let orch = build(&args, p2g::orchestrator::History::Evidence)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = super::setup::runtime()?;
     let mut results: Vec<QuestionResult> = Vec::new();
     let mut out = std::io::stdout().lock();
     for (i, (name, img, key)) in items.iter().enumerate() {

@@ -75,11 +75,7 @@ fn open_image<'o>(
 
 pub fn run(cmd: ReplCmd) -> Result<ExitCode> {
     let orch = build(&cmd.args, p2g::orchestrator::History::Full)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::setup::runtime()?;
     let mut editor = rustyline::DefaultEditor::new().context("cannot start line editing")?;
     let history = history_path();
     let _ = editor.load_history(&history);

@@ -119,3 +119,13 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     }
     Ok(b.build()?)
 }
+
+/// The async runtime the commands drive the loop on (agents and the controller run their
+/// inference on its blocking pool).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -267,6 +267,30 @@ fn string_close(so_far: &[u8], bytes: &[u8]) -> Option<usize> {
     None
 }
 
+/// Passes the whole characters of `text[shown..]` to `on_text` (a token may end inside a
+/// multi-byte character); returns the new `shown`.
+fn stream_whole_chars(text: &[u8], shown: usize, on_text: &mut impl FnMut(&str)) -> usize {
+    let valid = match std::str::from_utf8(&text[shown..]) {
+        Ok(s) => s.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    if let Ok(s) = std::str::from_utf8(&text[shown..shown + valid]) {
+        if !s.is_empty() {
+            on_text(s);
+        }
+    }
+    shown + valid
+}
+
+/// The index of the largest logit.
+fn argmax(logits: &[f32]) -> Option<u32> {
+    logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+}
+
 /// Why free generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -465,12 +489,7 @@ impl Session {
     pub fn next_starts_with(&mut self, prefix: &[u8]) -> Result<bool, LlmError> {
         let lm = self.lm.clone();
         let logits = self.logits()?;
-        let best = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)
-            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        let best = argmax(logits).ok_or_else(|| LlmError::Internal("empty logits".into()))?;
         let b = lm.token_bytes(best);
         Ok(!b.is_empty() && (b.starts_with(prefix) || prefix.starts_with(b)))
     }
@@ -545,17 +564,7 @@ impl Session {
             }
             text.extend_from_slice(lm.token_bytes(id));
             self.accept(id);
-            // Stream only whole characters.
-            let valid = match std::str::from_utf8(&text[shown..]) {
-                Ok(s) => s.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            if valid > 0 {
-                if let Ok(s) = std::str::from_utf8(&text[shown..shown + valid]) {
-                    on_text(s);
-                }
-                shown += valid;
-            }
+            shown = stream_whole_chars(&text, shown, &mut on_text);
             if done(&text) {
                 return Ok((
                     String::from_utf8_lossy(&text).into_owned(),
@@ -620,16 +629,7 @@ impl Session {
                     self.accept(id);
                 }
             }
-            let valid = match std::str::from_utf8(&text[shown..]) {
-                Ok(s) => s.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            if valid > 0 {
-                if let Ok(s) = std::str::from_utf8(&text[shown..shown + valid]) {
-                    on_text(s);
-                }
-                shown += valid;
-            }
+            shown = stream_whole_chars(&text, shown, &mut on_text);
         }
         Ok((String::from_utf8_lossy(&text).into_owned(), false))
     }
@@ -638,12 +638,7 @@ impl Session {
     pub fn step_greedy(&mut self) -> Result<u32, LlmError> {
         self.check_cancel()?;
         let logits = self.logits()?;
-        let best = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)
-            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        let best = argmax(logits).ok_or_else(|| LlmError::Internal("empty logits".into()))?;
         self.accept(best);
         Ok(best)
     }
@@ -652,12 +647,7 @@ impl Session {
     pub fn peek(&mut self) -> Result<Vec<u8>, LlmError> {
         let lm = self.lm.clone();
         let logits = self.logits()?;
-        let best = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32)
-            .ok_or_else(|| LlmError::Internal("empty logits".into()))?;
+        let best = argmax(logits).ok_or_else(|| LlmError::Internal("empty logits".into()))?;
         Ok(lm.token_bytes(best).to_vec())
     }
 
