@@ -110,6 +110,17 @@ pub trait Agent: Send + Sync {
     ) -> impl Future<Output = Result<Self::Output, AgentError>> + Send;
 }
 
+/// Runs CPU-bound inference on the runtime's blocking pool when there is a runtime (so a
+/// caller's timeout or cancellation still fires), else inline. The error is a panic message.
+pub(crate) async fn off_async_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.spawn_blocking(work).await.map_err(|e| e.to_string()),
+        Err(_) => Ok(work()),
+    }
+}
+
 /// A boxed future, for object-safe agents.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

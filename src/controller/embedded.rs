@@ -222,13 +222,9 @@ impl Controller for EmbeddedController {
                     Err(StepFailure::Model(e)) => Err(e.into()),
                 }
             };
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => h
-                    .spawn_blocking(work)
-                    .await
-                    .map_err(|e| LlmError::Internal(e.to_string()))?,
-                Err(_) => work(),
-            }
+            crate::agents::off_async_workers(work)
+                .await
+                .map_err(LlmError::Internal)?
         })
     }
 }

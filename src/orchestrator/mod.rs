@@ -17,7 +17,7 @@
 pub mod evidence;
 pub mod grounding;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -210,9 +210,9 @@ pub struct Session<'o> {
     facts: ImageFacts,
     turns: Vec<Turn>,
     evidence: Evidence,
-    calls: HashSet<String>,
-    /// Regions each earlier call returned, to point a repeated call at them.
-    call_regions: Vec<(String, Vec<String>)>,
+    /// Each successful call (`agent arguments`) with the regions it returned, to point a
+    /// repeated call at them.
+    call_regions: HashMap<String, Vec<String>>,
     trace: TraceSink,
 }
 
@@ -238,8 +238,7 @@ impl<'o> Session<'o> {
             facts,
             turns: Vec::new(),
             evidence: Evidence::default(),
-            calls: HashSet::new(),
-            call_regions: Vec::new(),
+            call_regions: HashMap::new(),
             trace: TraceSink::default(),
         }
     }
@@ -579,13 +578,7 @@ impl<'o> Session<'o> {
             record(self, "unknown_tool", msg.clone(), Vec::new());
             return msg;
         };
-        if self.calls.contains(&key) {
-            let ids = self
-                .call_regions
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, ids)| ids.clone())
-                .unwrap_or_default();
+        if let Some(ids) = self.call_regions.get(&key).cloned() {
             let msg = if ids.is_empty() {
                 format!("You already called {agent} with these arguments and it found nothing. Do not repeat it; answer, or try a different region.")
             } else {
@@ -625,7 +618,6 @@ impl<'o> Session<'o> {
                 msg
             }
             Some(Ok(Ok(reply))) => {
-                self.calls.insert(key.clone());
                 let ids: Vec<String> = reply
                     .findings
                     .iter()
@@ -653,7 +645,7 @@ impl<'o> Session<'o> {
                     format!("{} regions", regions.len()),
                     regions.clone(),
                 );
-                self.call_regions.push((key, unique));
+                self.call_regions.insert(key, unique);
                 content
             }
         }

@@ -344,22 +344,14 @@ impl Agent for OcrAgent {
     }
 
     async fn run(&self, image: &Image, args: OcrArgs) -> Result<OcrOutput, AgentError> {
-        // Inference is CPU-bound: keep it off the async workers when a runtime is there, so a
-        // caller's timeout or cancellation still fires.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let inner = Arc::clone(&self.inner);
-                let image = image.clone();
-                handle
-                    .spawn_blocking(move || inner.read(&image, &args))
-                    .await
-                    .map_err(|e| AgentError::Inference {
-                        agent: "ocr".into(),
-                        reason: e.to_string(),
-                    })?
-            }
-            Err(_) => self.inner.read(image, &args),
-        }
+        let inner = Arc::clone(&self.inner);
+        let image = image.clone();
+        super::off_async_workers(move || inner.read(&image, &args))
+            .await
+            .map_err(|reason| AgentError::Inference {
+                agent: "ocr".into(),
+                reason,
+            })?
     }
 }
 

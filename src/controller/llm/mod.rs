@@ -231,6 +231,11 @@ impl LanguageModel {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// A token that spells text: not empty, not a control token.
+    fn is_plain(&self, id: u32, bytes: &[u8]) -> bool {
+        !bytes.is_empty() && !self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
     fn is_stop(&self, id: u32) -> bool {
         self.stop_tokens.contains(&id)
     }
@@ -487,11 +492,8 @@ impl Session {
 
     /// Whether the model's most likely next token starts with `prefix` (or is a prefix of it).
     pub fn next_starts_with(&mut self, prefix: &[u8]) -> Result<bool, LlmError> {
-        let lm = self.lm.clone();
-        let logits = self.logits()?;
-        let best = argmax(logits).ok_or_else(|| LlmError::Internal("empty logits".into()))?;
-        let b = lm.token_bytes(best);
-        Ok(!b.is_empty() && (b.starts_with(prefix) || prefix.starts_with(b)))
+        let b = self.peek()?;
+        Ok(!b.is_empty() && (b.starts_with(prefix) || prefix.starts_with(&b)))
     }
 
     /// Lets the model pick one of `options` (none a prefix of another), token by token under
@@ -508,7 +510,7 @@ impl Session {
             }
             let lm = self.lm.clone();
             let next = self.best_allowed(|id, bytes| {
-                if bytes.is_empty() || lm.special.get(id as usize).copied().unwrap_or(false) {
+                if !lm.is_plain(id, bytes) {
                     return false;
                 }
                 options.iter().any(|o| {
@@ -544,9 +546,7 @@ impl Session {
                 if lm.is_stop(id) {
                     return true;
                 }
-                !bytes.is_empty()
-                    && !lm.special.get(id as usize).copied().unwrap_or(false)
-                    && allowed(&text, bytes)
+                lm.is_plain(id, bytes) && allowed(&text, bytes)
             })?;
             let Some(id) = next else {
                 return Ok((
@@ -602,10 +602,7 @@ impl Session {
             self.check_cancel()?;
             let lm = self.lm.clone();
             let next = self.best_allowed(|id, bytes| {
-                if bytes.is_empty()
-                    || lm.special.get(id as usize).copied().unwrap_or(false)
-                    || bytes.iter().any(|&b| b < 0x20)
-                {
+                if !lm.is_plain(id, bytes) || bytes.iter().any(|&b| b < 0x20) {
                     return false;
                 }
                 match string_close(&text, bytes) {
