@@ -245,3 +245,149 @@ fn the_repl_answers_piped_questions_and_commands() {
     assert!(text.contains("error: expected four numbers"), "{text}");
     assert!(text.contains("━━ What is the total amount?"), "{text}");
 }
+
+/// A 1000x800 black PNG with a red and a blue square (see tests/detect.rs for the fixture).
+fn squares_png(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut img = image::RgbImage::new(1000, 800);
+    for (x1, y1, x2, y2, c) in [
+        (300, 100, 450, 200, [255, 0, 0]),
+        (600, 500, 700, 640, [0, 0, 255]),
+    ] {
+        for y in y1..y2 {
+            for x in x1..x2 {
+                img.put_pixel(x, y, image::Rgb(c));
+            }
+        }
+    }
+    let path = dir.join("squares.png");
+    img.save(&path).unwrap();
+    path
+}
+
+/// `p2g` with an empty cache of its own, but the already-cached ONNX Runtime.
+fn p2g_fresh_cache(home: &std::path::Path) -> Command {
+    let store = p2g::models::Store::open_default().unwrap();
+    let ort = p2g::models::runtime::library_path(&store).unwrap();
+    let mut c = p2g();
+    c.env("P2G_HOME", home).env("P2G_ORT_DYLIB", ort);
+    c
+}
+
+#[test]
+fn detect_prints_the_documented_json_and_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = squares_png(dir.path());
+    let drawn = dir.path().join("boxes.png");
+    let out = p2g()
+        .args(["detect", "--json", "--draw"])
+        .arg(&drawn)
+        .arg("--model-dir")
+        .arg(common::fixture("grounding_dino"))
+        .arg(&img)
+        .arg("red square . blue square")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["detections", "elapsed_ms", "height", "width"]);
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(1000), Some(800))
+    );
+    let dets = v["detections"].as_array().unwrap();
+    assert_eq!(dets.len(), 2);
+    for d in dets {
+        let mut keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["bbox", "phrase", "score"]);
+    }
+    assert_eq!(dets[0]["phrase"], "red square");
+    assert_eq!(
+        dets[0]["bbox"],
+        serde_json::json!([300.0, 100.0, 450.0, 200.0])
+    );
+    assert_eq!(dets[1]["phrase"], "blue square");
+    let drawn = image::open(&drawn).unwrap().to_rgb8();
+    // The red square's box is drawn in the first palette colour, the blue's in the second.
+    assert_eq!(drawn.get_pixel(375, 100).0, [230, 25, 75]);
+    assert_eq!(drawn.get_pixel(650, 640).0, [60, 180, 75]);
+}
+
+#[test]
+fn detect_without_a_model_says_how_to_add_one_and_add_makes_it_work() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = squares_png(dir.path());
+    let out = p2g_fresh_cache(home.path())
+        .arg("detect")
+        .arg(&img)
+        .arg("red square")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p2g models add grounding-dino DIR"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A folder whose model is not a Grounding DINO export is refused and leaves nothing.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("grounding_dino/vocab.txt"),
+        bad.path().join("vocab.txt"),
+    )
+    .unwrap();
+    std::fs::write(bad.path().join("model.onnx"), b"junk").unwrap();
+    let out = p2g_fresh_cache(home.path())
+        .args(["models", "add", "grounding-dino"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not added"));
+    assert!(!home
+        .path()
+        .join("models/grounding-dino/groundingdino.onnx")
+        .exists());
+
+    let out = p2g_fresh_cache(home.path())
+        .args(["models", "add", "grounding-dino"])
+        .arg(common::fixture("grounding_dino"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p2g_fresh_cache(home.path())
+        .arg("detect")
+        .arg(&img)
+        .arg("blue square")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("blue square"), "{text}");
+    assert!(text.contains("[600, 500, 700, 640]"), "{text}");
+    let list = p2g_fresh_cache(home.path())
+        .args(["models", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        list.lines().any(|l| l.starts_with("grounding-dino")
+            && l.contains("added")
+            && !l.contains("not added")),
+        "{list}"
+    );
+}

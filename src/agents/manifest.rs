@@ -11,7 +11,10 @@ use serde::Deserialize;
 use super::{AgentError, ToolDefinition};
 
 /// Manifests shipped in this build, by agent name.
-const EMBEDDED: &[(&str, &str)] = &[("ocr", include_str!("../../agents/ocr.toml"))];
+const EMBEDDED: &[(&str, &str)] = &[
+    ("ocr", include_str!("../../agents/ocr.toml")),
+    ("detect", include_str!("../../agents/detect.toml")),
+];
 
 /// An agent's manifest.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 //! typed arguments and output, and an async [`Agent::run`]. [`DynAgent`] erases the types so a
 //! registry can hold different agents and a controller can call them with JSON.
 
+pub mod detect;
 pub mod manifest;
 pub mod ocr;
 
@@ -110,6 +111,33 @@ pub trait Agent: Send + Sync {
     ) -> impl Future<Output = Result<Self::Output, AgentError>> + Send;
 }
 
+/// The agents a controller can be offered, loaded: OCR (its pinned models are fetched on
+/// first use) and detection only when its user-supplied model is present in `source`. A
+/// detection model that is present but broken is an error, not silently skipped.
+pub fn load_available(
+    source: &crate::models::ModelSource,
+    store: &crate::models::Store,
+    session: crate::models::runtime::SessionOptions,
+) -> Result<Vec<std::sync::Arc<dyn DynAgent>>, AgentError> {
+    let mut ocr = ocr::OcrConfig::embedded()?;
+    ocr.session = session;
+    let mut out: Vec<std::sync::Arc<dyn DynAgent>> = vec![std::sync::Arc::new(
+        ocr::OcrAgent::load(source, store, ocr)?,
+    )];
+    let mut det = detect::DetectConfig::embedded()?;
+    det.session = session;
+    if detect::DetectAgent::available(source, &det.manifest) {
+        out.push(std::sync::Arc::new(detect::DetectAgent::load(
+            source, store, det,
+        )?));
+    } else {
+        tracing::info!(
+            "the detect agent is not offered: no Grounding DINO model (`p2g models add grounding-dino DIR`)"
+        );
+    }
+    Ok(out)
+}
+
 /// Runs CPU-bound inference on the runtime's blocking pool when there is a runtime (so a
 /// caller's timeout or cancellation still fires), else inline. The error is a panic message.
 pub(crate) async fn off_async_workers<T: Send + 'static>(
@@ -119,6 +147,36 @@ pub(crate) async fn off_async_workers<T: Send + 'static>(
         Ok(h) => h.spawn_blocking(work).await.map_err(|e| e.to_string()),
         Err(_) => Ok(work()),
     }
+}
+
+/// The part of `image` an agent should look at: the whole image, or the pixels inside a
+/// `region` the controller asked about, with the offset that maps results back to the image.
+/// A region outside the image, reversed or thinner than two pixels is an argument error.
+pub(crate) fn region_view(
+    image: &Image,
+    region: Option<&BBox>,
+    agent: &str,
+) -> Result<(Option<image::RgbImage>, [f32; 2]), AgentError> {
+    let Some(r) = region else {
+        return Ok((None, [0.0, 0.0]));
+    };
+    let (w, h) = (image.width(), image.height());
+    let c = r.clamp(w as f32, h as f32);
+    let (x, y) = (c.x1.floor() as u32, c.y1.floor() as u32);
+    // A reversed box ([x2, y2, x1, y1]) is as empty as one outside the image.
+    let cw = (c.x2.ceil() as u32).saturating_sub(x);
+    let ch = (c.y2.ceil() as u32).saturating_sub(y);
+    if cw < 2 || ch < 2 {
+        return Err(AgentError::Arguments {
+            agent: agent.into(),
+            reason: format!(
+                "region {:?} is empty inside the {w}x{h} image",
+                <[f32; 4]>::from(*r)
+            ),
+        });
+    }
+    let sub = image::imageops::crop_imm(image.rgb(), x, y, cw, ch).to_image();
+    Ok((Some(sub), [x as f32, y as f32]))
 }
 
 /// A boxed future, for object-safe agents.

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch for the `p2g` binary.
 
 mod ask;
+mod detect;
 mod eval;
 mod models;
 mod ocr;
@@ -40,7 +41,9 @@ enum Command {
     Eval(eval::EvalCmd),
     /// Read the text in one or more images (PP-OCRv5).
     Ocr(ocr::OcrCmd),
-    /// List, fetch, verify or locate the pinned model files.
+    /// Find objects by name in an image (Grounding DINO; a user-supplied model).
+    Detect(detect::DetectCmd),
+    /// List, fetch, verify, add or locate model files.
     #[command(subcommand)]
     Models(models::ModelsCmd),
 }
@@ -58,6 +61,25 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
+impl ModelArgs {
+    /// Where agent models come from: `--model-dir`, else the pinned store.
+    pub fn source(&self, store: &p2g::models::Store) -> p2g::models::ModelSource {
+        match &self.model_dir {
+            Some(dir) => p2g::models::ModelSource::Dir(dir.clone()),
+            None => p2g::models::ModelSource::Store(store.clone()),
+        }
+    }
+
+    /// ONNX Runtime session options with `--threads` applied.
+    pub fn session(&self) -> p2g::models::runtime::SessionOptions {
+        let mut s = p2g::models::runtime::SessionOptions::default();
+        if let Some(t) = self.threads {
+            s.intra_threads = t;
+        }
+        s
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -67,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Trace(cmd) => trace::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Ocr(cmd) => ocr::run(cmd),
+        Command::Detect(cmd) => detect::run(cmd),
         Command::Models(cmd) => models::run(cmd),
     };
     match result {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use p2g::models::Store;
+use p2g::agents::detect::{DetectAgent, DetectConfig};
+use p2g::models::{ModelSource, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCmd {
@@ -22,6 +23,13 @@ pub enum ModelsCmd {
     Verify { bundles: Vec<String> },
     /// Print the folder holding a bundle's files (fetching it first if needed).
     Path { bundle: String },
+    /// Add a model no registry ships (grounding-dino) from your own folder; it is checked by
+    /// loading it, then linked or copied into the cache.
+    Add {
+        bundle: String,
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
@@ -34,10 +42,11 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
                 "bundle", "size", "cached", "license"
             );
             for b in &store.manifest().bundles {
-                let cached = if store.is_cached(&b.name)? {
-                    "yes"
-                } else {
-                    "no"
+                let cached = match (store.is_cached(&b.name)?, b.user_supplied) {
+                    (true, false) => "yes",
+                    (true, true) => "added",
+                    (false, false) => "no",
+                    (false, true) => "not added",
                 };
                 println!(
                     "{:<20} {:>6} MB  {:<8} {:<11} {}",
@@ -52,10 +61,12 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
         }
         ModelsCmd::Fetch { bundles, force } => {
             let names = if bundles.is_empty() {
+                // User-supplied bundles cannot be fetched; `models list` shows them.
                 store
                     .manifest()
                     .bundles
                     .iter()
+                    .filter(|b| !b.user_supplied)
                     .map(|b| b.name.clone())
                     .collect()
             } else {
@@ -71,10 +82,12 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
         }
         ModelsCmd::Verify { bundles } => {
             let names: Vec<String> = if bundles.is_empty() {
+                // Every pinned bundle, and user-supplied ones once added.
                 store
                     .manifest()
                     .bundles
                     .iter()
+                    .filter(|b| !b.user_supplied || store.is_cached(&b.name).unwrap_or(false))
                     .map(|b| b.name.clone())
                     .collect()
             } else {
@@ -101,6 +114,22 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        ModelsCmd::Add { bundle, dir } => {
+            let added = store.add(&bundle, &dir)?;
+            // Only a model the agent can load stays added.
+            if bundle == "grounding-dino" {
+                let cfg = DetectConfig::embedded()?;
+                if let Err(e) = DetectAgent::load(&ModelSource::Store(store.clone()), &store, cfg) {
+                    store.remove_added(&bundle)?;
+                    anyhow::bail!("{} was not added: {e}", dir.display());
+                }
+            }
+            for path in added {
+                eprintln!("p2g: added {}", path.display());
+            }
+            eprintln!("p2g: `{bundle}` is ready; `p2g detect IMAGE \"phrase . phrase\"` uses it and controllers are offered the detect tool");
+            Ok(ExitCode::SUCCESS)
         }
         ModelsCmd::Path { bundle } => {
             println!("{}", store.ensure(&bundle)?.display());

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use p2g::agents::ocr::{OcrAgent, OcrArgs, OcrConfig, OcrOutput, TextLine};
 use p2g::agents::AgentManifest;
-use p2g::models::{ModelSource, Store};
+use p2g::models::Store;
 use p2g::vision::{draw, BBox, Image, LoadOptions, Quad};
 
 use super::ModelArgs;
@@ -133,18 +133,13 @@ impl<'a> JsonLine<'a> {
 
 pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
     let store = Store::open_default()?;
-    let source = match &cmd.models.model_dir {
-        Some(dir) => ModelSource::Dir(dir.clone()),
-        None => ModelSource::Store(store.clone()),
-    };
+    let source = cmd.models.source(&store);
     let mut cfg = OcrConfig::embedded()?;
     if let Some(path) = &cmd.manifest {
         cfg.manifest = AgentManifest::load(path)?;
         cfg.options = cfg.manifest.options()?;
     }
-    if let Some(t) = cmd.models.threads {
-        cfg.session.intra_threads = t;
-    }
+    cfg.session = cmd.models.session();
     let o = &mut cfg.options;
     o.tiling &= !cmd.no_tiling;
     o.tile_all |= cmd.tile_all;

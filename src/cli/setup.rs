@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use p2g::agents::ocr::{OcrAgent, OcrConfig};
+use p2g::agents::load_available;
 use p2g::controller::embedded::EmbeddedConfig;
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{ControllerChoice, EmbeddedController};
-use p2g::models::{ModelSource, Store};
+use p2g::models::Store;
 use p2g::orchestrator::{History, Orchestrator};
 
 use super::ModelArgs;
@@ -76,10 +76,7 @@ pub struct LoopArgs {
 
 pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> {
     let store = Store::open_default()?;
-    let source = match &args.models.model_dir {
-        Some(dir) => ModelSource::Dir(dir.clone()),
-        None => ModelSource::Store(store.clone()),
-    };
+    let source = args.models.source(&store);
     let prompts = match &args.prompts {
         Some(dir) => Prompts::with_overrides(dir)?,
         None => Prompts::embedded()?,
@@ -111,11 +108,11 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
             None => default_history,
         });
     if !args.no_agents {
-        let mut ocr = OcrConfig::embedded()?;
-        if let Some(t) = args.models.threads {
-            ocr.session.intra_threads = t;
+        for agent in load_available(&source, &store, args.models.session())
+            .context("cannot load the agents")?
+        {
+            b = b.agent_arc(agent);
         }
-        b = b.agent(OcrAgent::load(&source, &store, ocr).context("cannot load the OCR agent")?);
     }
     Ok(b.build()?)
 }

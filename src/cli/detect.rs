@@ -1,0 +1,180 @@
+//! `p2g detect`: find objects by name (Grounding DINO).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use p2g::agents::detect::{DetectAgent, DetectArgs, DetectConfig, DetectOutput, Phrases};
+use p2g::agents::AgentManifest;
+use p2g::models::Store;
+use p2g::vision::{draw, BBox, Image, LoadOptions, Quad};
+
+use super::ModelArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct DetectCmd {
+    /// The image to search (JPEG, PNG, WebP, TIFF, BMP).
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+
+    /// What to find: short phrases separated by " . ", e.g. "black mug . red sign".
+    #[arg(value_name = "PHRASES")]
+    phrases: String,
+
+    /// Print {"width","height","elapsed_ms","detections":[{"phrase","score","bbox"}]}.
+    #[arg(long)]
+    json: bool,
+
+    /// Write the image with the boxes drawn (one colour per phrase).
+    #[arg(long, value_name = "OUT.png")]
+    draw: Option<PathBuf>,
+
+    /// Search only inside this box: x1,y1,x2,y2 in image pixels.
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox)]
+    region: Option<BBox>,
+
+    #[command(flatten)]
+    models: ModelArgs,
+
+    /// Refuse images with more pixels than this (protects against decompression bombs).
+    #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+
+    /// An edited detect manifest (thresholds, input/output names) instead of the embedded one.
+    #[arg(long, value_name = "TOML")]
+    manifest: Option<PathBuf>,
+
+    /// Keep boxes whose best token scores above this (0..1; default 0.35).
+    #[arg(long, value_name = "P")]
+    box_threshold: Option<f32>,
+
+    /// Name a box only with a phrase that scores above this (0..1; default 0.25).
+    #[arg(long, value_name = "P")]
+    text_threshold: Option<f32>,
+
+    /// Do not also search large images in native-resolution tiles (faster, misses small
+    /// objects).
+    #[arg(long)]
+    no_tiling: bool,
+
+    /// Tile size in pixels for large images.
+    #[arg(long, value_name = "PX")]
+    tile_size: Option<u32>,
+
+    /// Overlap between neighbouring tiles in pixels.
+    #[arg(long, value_name = "PX")]
+    tile_overlap: Option<u32>,
+
+    /// Most tiles per image; beyond it tiles grow.
+    #[arg(long, value_name = "N")]
+    max_tiles: Option<usize>,
+}
+
+pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
+    let store = Store::open_default()?;
+    let source = cmd.models.source(&store);
+    let mut cfg = DetectConfig::embedded()?;
+    if let Some(path) = &cmd.manifest {
+        cfg.manifest = AgentManifest::load(path)?;
+        cfg.options = cfg.manifest.options()?;
+    }
+    cfg.session = cmd.models.session();
+    let o = &mut cfg.options;
+    o.tiling &= !cmd.no_tiling;
+    let set = |slot: &mut f32, v: Option<f32>, what: &str| -> Result<()> {
+        if let Some(v) = v {
+            anyhow::ensure!((0.0..=1.0).contains(&v), "{what} must be between 0 and 1");
+            *slot = v;
+        }
+        Ok(())
+    };
+    set(&mut o.box_threshold, cmd.box_threshold, "--box-threshold")?;
+    set(
+        &mut o.text_threshold,
+        cmd.text_threshold,
+        "--text-threshold",
+    )?;
+    if let Some(v) = cmd.tile_size {
+        o.tile_size = v;
+    }
+    if let Some(v) = cmd.tile_overlap {
+        o.tile_overlap = v;
+    }
+    if let Some(v) = cmd.max_tiles {
+        o.max_tiles = v;
+    }
+    // Check the phrases before loading anything.
+    let args = DetectArgs {
+        objects: Phrases::Caption(cmd.phrases.clone()),
+        region: cmd.region,
+    };
+    anyhow::ensure!(
+        !args.objects.cleaned().is_empty(),
+        "no phrases to look for; write them like \"black mug . red sign\""
+    );
+    let agent = DetectAgent::load(&source, &store, cfg)?;
+    let started = std::time::Instant::now();
+    let image = Image::open(
+        &cmd.image,
+        &LoadOptions {
+            max_pixels: cmd.max_pixels,
+        },
+    )?;
+    let mut out = agent.detect(&image, &args)?;
+    // Users time the whole image, decoding included.
+    out.elapsed_ms = started.elapsed().as_millis() as u64;
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if cmd.json {
+        serde_json::to_writer(&mut w, &out)?;
+        writeln!(w)?;
+    } else {
+        print_human(&mut w, &out)?;
+    }
+    w.flush()?;
+    if let Some(path) = &cmd.draw {
+        draw_detections(&image, &out, path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(w: &mut impl Write, out: &DetectOutput) -> Result<()> {
+    if out.detections.is_empty() {
+        writeln!(
+            w,
+            "nothing found ({}x{}, {} ms)",
+            out.width, out.height, out.elapsed_ms
+        )?;
+        return Ok(());
+    }
+    for d in &out.detections {
+        let b = d.bbox;
+        writeln!(
+            w,
+            "{:<24} {:.2}  [{:.0}, {:.0}, {:.0}, {:.0}]",
+            d.phrase, d.score, b.x1, b.y1, b.x2, b.y2
+        )?;
+    }
+    Ok(())
+}
+
+fn draw_detections(image: &Image, out: &DetectOutput, path: &std::path::Path) -> Result<()> {
+    let mut canvas = image.rgb().clone();
+    let t = draw::default_thickness(&canvas);
+    let mut phrases: Vec<&str> = Vec::new();
+    for d in &out.detections {
+        let i = match phrases.iter().position(|p| *p == d.phrase) {
+            Some(i) => i,
+            None => {
+                phrases.push(&d.phrase);
+                phrases.len() - 1
+            }
+        };
+        let colour = draw::PALETTE[i % draw::PALETTE.len()];
+        draw::draw_quad(&mut canvas, &Quad::from_bbox(&d.bbox), colour, t);
+    }
+    draw::save(&canvas, path)?;
+    Ok(())
+}
