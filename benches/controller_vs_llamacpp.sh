@@ -12,7 +12,7 @@ PROMPT=benches/prompt_receipt.txt
 cargo build --release --example controller_speed 2>/dev/null
 DIR=$(./target/release/p2g models path qwen2.5-coder-0.5b)
 export RAYON_NUM_THREADS=2
-for f in qwen2.5-coder-0.5b-instruct.gguf qwen2.5-coder-0.5b-instruct-q8.gguf; do
+for f in qwen2.5-coder-0.5b-instruct.gguf; do
   echo "# $f"
   ./target/release/examples/controller_speed "$DIR/$f" "$PROMPT" "$N" | sed "s/^{/{\"file\":\"$f\",/"
   "$VENV/bin/python" benches/llamacpp_speed.py "$DIR/$f" "$PROMPT" "$N" 2 | sed "s/^{/{\"file\":\"$f\",/"

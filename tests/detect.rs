@@ -164,6 +164,25 @@ fn each_box_goes_to_the_phrase_that_scores_highest() {
 }
 
 #[test]
+fn the_deciding_word_may_end_its_phrase_and_captions_split_at_every_dot() {
+    // "square red . blue": "red" is the last word of its phrase (position 1, block of 3).
+    // Written "Square red.Blue" the reference splits it the same way.
+    let out = agent()
+        .detect(&two_squares(), &DetectArgs::new("Square red.Blue"))
+        .unwrap();
+    assert_eq!(
+        summary(&out),
+        vec![
+            ("square red".into(), [300.0, 100.0, 450.0, 200.0]),
+            ("blue".into(), [600.0, 500.0, 700.0, 640.0]),
+        ]
+    );
+    assert_score(out.detections[0].score, sig(2.0 + 0.01 + 0.003));
+    // [CLS] square red . blue . [SEP]: "blue" opens a 2-token block.
+    assert_score(out.detections[1].score, sig(1.0 + 0.002));
+}
+
+#[test]
 fn a_region_is_searched_alone_and_mapped_back() {
     let mut args = DetectArgs::new("red square . blue square");
     args.region = Some(BBox::new(500.0, 400.0, 1000.0, 800.0));

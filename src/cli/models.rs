@@ -116,16 +116,16 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
             }
         }
         ModelsCmd::Add { bundle, dir } => {
-            let added = store.add(&bundle, &dir)?;
-            // Only a model the agent can load stays added.
+            let staged = store.stage(&bundle, &dir)?;
+            // Only a model the agent can load is added; a model added before stays otherwise.
             if bundle == "grounding-dino" {
                 let cfg = DetectConfig::embedded()?;
-                if let Err(e) = DetectAgent::load(&ModelSource::Store(store.clone()), &store, cfg) {
-                    store.remove_added(&bundle)?;
+                if let Err(e) = DetectAgent::load(&ModelSource::Dir(staged), &store, cfg) {
+                    store.discard_staged(&bundle);
                     anyhow::bail!("{} was not added: {e}", dir.display());
                 }
             }
-            for path in added {
+            for path in store.commit_staged(&bundle)? {
                 eprintln!("p2g: added {}", path.display());
             }
             eprintln!("p2g: `{bundle}` is ready; `p2g detect IMAGE \"phrase . phrase\"` uses it and controllers are offered the detect tool");

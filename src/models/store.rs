@@ -187,17 +187,26 @@ impl Store {
         }
     }
 
-    /// Adds a user-supplied bundle's files from `dir` to the cache: each file under its
-    /// manifest name, or, for a `.onnx` file, the folder's only `.onnx` file whatever its name.
-    /// Files are hard-linked when the cache is on the same file system, else copied; a file
-    /// only appears in the cache complete. Returns the cached paths.
+    /// Adds a user-supplied bundle's files from `dir` to the cache (see [`Store::stage`]);
+    /// returns the cached paths.
     pub fn add(&self, bundle: &str, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        self.stage(bundle, dir)?;
+        self.commit_staged(bundle)
+    }
+
+    /// Puts a user-supplied bundle's files from `dir` into a staging folder of the cache (the
+    /// returned path), each under its manifest name — for a `.onnx` file, the folder's only
+    /// `.onnx` file whatever its name. Files are hard-linked when the cache is on the same file
+    /// system, else copied. Nothing in use changes until [`Store::commit_staged`], so a caller
+    /// can check the staged model first and [`Store::discard_staged`] it.
+    pub fn stage(&self, bundle: &str, dir: &Path) -> Result<PathBuf, ModelError> {
         let b = self.manifest.bundle(bundle)?;
         if !b.user_supplied {
             return Err(ModelError::Manifest(format!(
                 "{bundle} is pinned and fetched from a registry; `p2g models fetch {bundle}` gets it (use --model-dir for your own copies)"
             )));
         }
+        let names: Vec<&str> = b.files.iter().map(|f| f.name.as_str()).collect();
         let mut sources = Vec::with_capacity(b.files.len());
         for f in &b.files {
             let named = dir.join(&f.name);
@@ -207,16 +216,40 @@ impl Store {
                 find_only(dir, &f.name).ok_or_else(|| ModelError::NotInDir {
                     file: f.name.clone(),
                     dir: dir.to_path_buf(),
-                    expected: b
-                        .files
-                        .iter()
-                        .map(|f| f.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    expected: format!(
+                        "{} (or exactly one .onnx file of any name)",
+                        names.join(", ")
+                    ),
                 })?
             };
             sources.push((src, f.name.clone()));
         }
+        let staging = self.staging_dir(bundle);
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| ModelError::io(format!("cannot create {}", staging.display()), e))?;
+        for (src, name) in sources {
+            let dest = staging.join(&name);
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).map_err(|e| {
+                    ModelError::io(
+                        format!("cannot copy {} to {}", src.display(), dest.display()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(staging)
+    }
+
+    fn staging_dir(&self, bundle: &str) -> PathBuf {
+        self.root.join("models").join(format!(".{bundle}.staging"))
+    }
+
+    /// Moves staged files into the bundle's folder (each rename is atomic).
+    pub fn commit_staged(&self, bundle: &str) -> Result<Vec<PathBuf>, ModelError> {
+        let b = self.manifest.bundle(bundle)?;
+        let staging = self.staging_dir(bundle);
         let target = self.bundle_dir(bundle);
         std::fs::create_dir_all(&target).map_err(|e| {
             ModelError::io(
@@ -225,36 +258,19 @@ impl Store {
             )
         })?;
         let mut out = Vec::new();
-        for (src, name) in sources {
-            let dest = target.join(&name);
-            let tmp = target.join(format!(".{name}.partial"));
-            let _ = std::fs::remove_file(&tmp);
-            let src = std::fs::canonicalize(&src)
-                .map_err(|e| ModelError::io(format!("cannot read {}", src.display()), e))?;
-            if std::fs::hard_link(&src, &tmp).is_err() {
-                std::fs::copy(&src, &tmp).map_err(|e| {
-                    ModelError::io(
-                        format!("cannot copy {} to {}", src.display(), tmp.display()),
-                        e,
-                    )
-                })?;
-            }
-            std::fs::rename(&tmp, &dest)
+        for f in &b.files {
+            let dest = target.join(&f.name);
+            std::fs::rename(staging.join(&f.name), &dest)
                 .map_err(|e| ModelError::io(format!("cannot write {}", dest.display()), e))?;
             out.push(dest);
         }
+        let _ = std::fs::remove_dir_all(&staging);
         Ok(out)
     }
 
-    /// Removes a user-supplied bundle's files from the cache (the user's folder is untouched).
-    pub fn remove_added(&self, bundle: &str) -> Result<(), ModelError> {
-        let b = self.manifest.bundle(bundle)?;
-        if b.user_supplied {
-            for f in &b.files {
-                let _ = std::fs::remove_file(self.bundle_dir(bundle).join(&f.name));
-            }
-        }
-        Ok(())
+    /// Drops staged files; what was added before stays.
+    pub fn discard_staged(&self, bundle: &str) {
+        let _ = std::fs::remove_dir_all(self.staging_dir(bundle));
     }
 
     /// Fetches a bundle's missing files (all of them with `force`), verifying each.

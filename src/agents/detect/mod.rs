@@ -96,7 +96,7 @@ impl Phrases {
     pub fn cleaned(&self) -> Vec<String> {
         match self {
             Phrases::List(v) => text::clean_phrases(v),
-            Phrases::Caption(c) => text::clean_phrases(std::slice::from_ref(c)),
+            Phrases::Caption(c) => text::split_caption(c),
         }
     }
 }
@@ -227,7 +227,8 @@ pub fn target_size(w: u32, h: u32, short: u32, max: u32) -> (u32, u32) {
     let (lo, hi) = (w.min(h) as f64, w.max(h) as f64);
     let mut size = short as f64;
     if hi / lo * size > max as f64 {
-        size = (max as f64 * lo / hi).round();
+        // Python's round(), as the reference uses: halves to even.
+        size = (max as f64 * lo / hi).round_ties_even();
     }
     let size = (size as u32).max(1);
     if (w <= h && w == size) || (h <= w && h == size) {
@@ -300,11 +301,11 @@ impl Inner {
 
         let full = Rect::full(rgb);
         let mut found = self.pass(rgb, full, offset, &texts)?;
-        let (gw, _) = self
+        let (gw, gh) = self
             .model
             .fixed_size()
             .unwrap_or_else(|| target_size(w, h, o.short_side, o.max_side));
-        if o.tiling && gw < w {
+        if o.tiling && (gw < w || gh < h) {
             let layout = tile_layout(w, h, o.tile_size, o.tile_overlap, o.max_tiles);
             if layout.len() > 1 {
                 for (i, tile) in layout.iter().enumerate() {
@@ -459,6 +460,8 @@ mod tests {
         // 4000x1000: 800 short would make 3200 long; capped to 1333 -> short 333.
         assert_eq!(target_size(4000, 1000, 800, 1333), (1332, 333));
         assert_eq!(target_size(600, 900, 800, 1333), (800, 1200));
+        // 1333 * 1080 / 2160 = 666.5: Python rounds to 666, so the long side stays <= 1333.
+        assert_eq!(target_size(1080, 2160, 800, 1333), (666, 1332));
     }
 
     #[test]

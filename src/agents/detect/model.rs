@@ -108,7 +108,11 @@ impl DinoModel {
         let mut text = Vec::with_capacity(5);
         for name in TEXT_INPUTS {
             let Some((_, ty, _)) = inputs.iter().find(|i| i.0 == name) else {
-                return Err(bad(format!("it has no `{name}` input")));
+                return Err(bad(format!(
+                    "it has no `{name}` input: p2g drives exports that take the tokenised caption \
+                     with Grounding DINO's sub-sentence inputs (input_ids, attention_mask, \
+                     position_ids, token_type_ids, text_token_mask), as the README's export does"
+                )));
             };
             let kind = match ty {
                 Some(TensorElementType::Bool) => IntKind::Bool,

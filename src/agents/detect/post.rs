@@ -17,7 +17,7 @@ use crate::vision::BBox;
 pub struct Detection {
     /// The phrase, as cleaned (lower-case).
     pub phrase: String,
-    /// The box's best token score (sigmoid), 0..1.
+    /// The best score (sigmoid) of the phrase's tokens for this box, 0..1.
     pub score: f32,
     /// In original-image pixels.
     pub bbox: BBox,
@@ -90,9 +90,11 @@ pub fn decode(
         if bbox.width() <= 0.0 || bbox.height() <= 0.0 {
             continue;
         }
+        // The score reported (and ranked by NMS) is the phrase's own: the box's best token
+        // may belong to another phrase or to a delimiter.
         out.push(Detection {
             phrase: phrases[phrase].clone(),
-            score,
+            score: phrase_score,
             bbox,
         });
     }
@@ -172,6 +174,20 @@ mod tests {
         assert_eq!(dets.len(), 1);
         assert_eq!(dets[0].phrase, "black mug");
         assert!((dets[0].score - 0.9).abs() < 1e-6);
+        // Query 0 again, but a delimiter scores 0.95: the box is "black mug" at 0.9 still.
+        let mut logits2 = logits.clone();
+        logits2[3] = logit(0.95);
+        let raw2 = RawOutputs {
+            logits: &logits2,
+            boxes: &boxes,
+            queries: 3,
+            stride,
+        };
+        let dets2 = decode(&raw2, 8, &spans, &phrases, t, |b| {
+            place_in([100.0, 0.0, 1000.0, 500.0], b)
+        });
+        assert_eq!(dets2[0].phrase, "black mug");
+        assert!((dets2[0].score - 0.9).abs() < 1e-6);
         assert_eq!(dets[0].bbox, BBox::new(500.0, 150.0, 700.0, 350.0));
     }
 

@@ -174,26 +174,30 @@ impl TextEncoder {
     }
 }
 
-/// Cleans what a user or controller asked for into phrases: lower-cased, whitespace
-/// collapsed, and "." / "?" inside a phrase turned into spaces (they would split it in two, as
-/// both delimit phrases); empty and repeated phrases dropped. A single string is split at " . "
-/// the way Grounding DINO captions are written ("black mug . red sign").
+/// Cleans a list of phrases: lower-cased, whitespace collapsed, "." / "?" inside a phrase
+/// turned into spaces (both delimit phrases, so they would split it), empty and repeated
+/// phrases dropped.
 pub fn clean_phrases<S: AsRef<str>>(raw: &[S]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in raw {
-        for part in r.as_ref().split(" . ") {
-            let cleaned = part
-                .to_lowercase()
-                .replace(['.', '?'], " ")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            if !cleaned.is_empty() && !out.contains(&cleaned) {
-                out.push(cleaned);
-            }
+        let cleaned = r
+            .as_ref()
+            .to_lowercase()
+            .replace(['.', '?'], " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !cleaned.is_empty() && !out.contains(&cleaned) {
+            out.push(cleaned);
         }
     }
     out
+}
+
+/// Splits a caption written the Grounding DINO way ("black mug . red sign", "a cat. a dog.")
+/// into cleaned phrases: as in the reference, every "." and "?" ends a phrase.
+pub fn split_caption(caption: &str) -> Vec<String> {
+    clean_phrases(&caption.split(['.', '?']).collect::<Vec<_>>())
 }
 
 /// The caption Grounding DINO was trained on: phrases joined with " . ", ending with ".".
@@ -270,8 +274,12 @@ mod tests {
     #[test]
     fn phrases_are_cleaned_and_split() {
         assert_eq!(
-            clean_phrases(&["The Black  Mug . red sign", "st. mary?", "red sign", " . "]),
-            vec!["the black mug", "red sign", "st mary"]
+            clean_phrases(&["The Black  Mug", "st. mary?", "the black mug", " . "]),
+            vec!["the black mug", "st mary"]
+        );
+        assert_eq!(
+            split_caption("A cat. a remote control.dog ? . "),
+            vec!["a cat", "a remote control", "dog"]
         );
         assert_eq!(caption(&["a".into(), "b c".into()]), "a . b c .");
     }
