@@ -8,6 +8,13 @@ fn p2g() -> Command {
     Command::new(env!("CARGO_BIN_EXE_p2g"))
 }
 
+/// A JSON object's keys, sorted.
+fn sorted_keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    keys
+}
+
 #[test]
 fn json_has_exactly_the_documented_shape_per_image_in_order() {
     let out = p2g()
@@ -30,12 +37,10 @@ fn json_has_exactly_the_documented_shape_per_image_in_order() {
     assert_eq!(objs[0]["height"], 250);
     assert_eq!(objs[1]["height"], 1013);
     for o in &objs {
-        let mut keys: Vec<&String> = o.as_object().unwrap().keys().collect();
-        keys.sort();
+        let keys = sorted_keys(o);
         assert_eq!(keys, ["elapsed_ms", "height", "lines", "width"]);
         for l in o["lines"].as_array().unwrap() {
-            let mut keys: Vec<&String> = l.as_object().unwrap().keys().collect();
-            keys.sort();
+            let keys = sorted_keys(l);
             assert_eq!(keys, ["bbox", "confidence", "quad", "text"]);
             assert_eq!(l["bbox"].as_array().unwrap().len(), 4);
             assert_eq!(l["quad"].as_array().unwrap().len(), 4);
@@ -160,8 +165,7 @@ fn ask_prints_the_documented_json_and_its_trace_can_be_shown_and_drawn() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    keys.sort();
+    let keys = sorted_keys(&v);
     assert_eq!(
         keys,
         ["answer", "elapsed_ms", "grounding", "linked", "steps"]
@@ -293,8 +297,7 @@ fn detect_prints_the_documented_json_and_draws() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    keys.sort();
+    let keys = sorted_keys(&v);
     assert_eq!(keys, ["detections", "elapsed_ms", "height", "width"]);
     assert_eq!(
         (v["width"].as_u64(), v["height"].as_u64()),
@@ -303,8 +306,7 @@ fn detect_prints_the_documented_json_and_draws() {
     let dets = v["detections"].as_array().unwrap();
     assert_eq!(dets.len(), 2);
     for d in dets {
-        let mut keys: Vec<&String> = d.as_object().unwrap().keys().collect();
-        keys.sort();
+        let keys = sorted_keys(d);
         assert_eq!(keys, ["bbox", "phrase", "score"]);
     }
     assert_eq!(dets[0]["phrase"], "red square");

@@ -19,14 +19,6 @@ fn controller() -> EmbeddedController {
     EmbeddedController::default_model(&Store::open_default().unwrap()).unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn receipt() -> (Image, std::path::PathBuf) {
     let p = common::eval_dir("sroie-dev").join("img/000.jpg");
     (Image::open(&p, &LoadOptions::default()).unwrap(), p)
@@ -59,7 +51,7 @@ fn the_loop_reads_the_receipt_and_cites_the_total() {
         .unwrap();
     let (img, path) = receipt();
     let mut s = o.session(img, &path);
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What is the total amount?", AskOptions::default()))
         .unwrap();
     assert_eq!(a.answer, "9.00", "{a:?}");
@@ -118,7 +110,7 @@ fn text_in_the_image_does_not_steer_the_controller() {
         .unwrap();
     let (img, path) = receipt();
     let mut s = o.session(img, &path);
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What is the total amount?", AskOptions::default()))
         .unwrap();
     assert!(!a.answer.contains("42"), "{a:?}");
@@ -142,7 +134,7 @@ fn smollm2_decides_or_fails_clearly() {
     let mut s = o.session(img, &path);
     // The 135M model is weak: it may answer, or write arguments that stay invalid after the
     // repair; never a panic, never an answer made up from a broken call.
-    match rt().block_on(s.ask("What is the total amount?", AskOptions::default())) {
+    match common::rt().block_on(s.ask("What is the total amount?", AskOptions::default())) {
         Ok(a) => assert!(a.steps >= 2, "{a:?}"),
         Err(p2g::orchestrator::OrchestratorError::Unusable { reason, .. }) => {
             assert!(reason.contains("not a valid JSON object"), "{reason}")

@@ -2,6 +2,8 @@
 //! repair of unusable output, repeated calls, agent errors and timeouts as observations, the
 //! step budget, cancellation, grounded answers and traces.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -178,14 +180,6 @@ fn orch(c: Scripted, agents: Vec<Reader>) -> Orchestrator {
     b.build().unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn observations(conv: &Conversation) -> Vec<String> {
     conv.turns
         .iter()
@@ -204,7 +198,7 @@ fn evidence_is_numbered_and_a_misread_answer_is_copied_from_its_region() {
     ]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("receipt.png"));
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What is the total?", AskOptions::default()))
         .unwrap();
     assert_eq!(a.answer, "9.00");
@@ -243,7 +237,7 @@ fn unusable_output_is_shown_to_the_controller_once_then_fails_clearly() {
     ]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What is the date?", AskOptions::default()))
         .unwrap();
     assert_eq!(a.answer, "25/12/2018");
@@ -255,7 +249,7 @@ fn unusable_output_is_shown_to_the_controller_once_then_fails_clearly() {
     let (c, _) = Scripted::new(vec![Err("bad one".into()), Err("bad two".into())]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let e = rt()
+    let e = common::rt()
         .block_on(s.ask("What is the date?", AskOptions::default()))
         .unwrap_err();
     assert!(
@@ -290,7 +284,7 @@ fn repeated_calls_unknown_tools_failures_and_timeouts_become_observations() {
         .build()
         .unwrap();
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What is the total?", AskOptions::default()))
         .unwrap();
     // The budget ran out: the last step could only answer.
@@ -321,7 +315,7 @@ fn follow_up_questions_reuse_evidence_and_cancellation_leaves_no_half_turns() {
     ]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let rt = rt();
+    let rt = common::rt();
     rt.block_on(s.ask("Which shop?", AskOptions::default()))
         .unwrap();
     let a = rt
@@ -363,7 +357,7 @@ fn bad_questions_and_builders_are_errors() {
     let (c, _) = Scripted::new(vec![]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let rt = rt();
+    let rt = common::rt();
     assert!(matches!(
         rt.block_on(s.ask("   ", AskOptions::default())),
         Err(OrchestratorError::EmptyQuestion)
@@ -396,7 +390,7 @@ fn appearance_questions_without_a_vision_model_are_answered_plainly_not_guessed(
     let (c, seen) = Scripted::new(vec![Ok(answer("tan", &["r1"]))]);
     let o = orch(c, vec![reader()]);
     let mut s = o.session(image(), std::path::Path::new("r.png"));
-    let a = rt()
+    let a = common::rt()
         .block_on(s.ask("What colour is the paper?", AskOptions::default()))
         .unwrap();
     assert!(a.answer.starts_with("I cannot tell"), "{}", a.answer);

@@ -54,22 +54,8 @@ pub struct DetectCmd {
     #[arg(long, value_name = "P")]
     text_threshold: Option<f32>,
 
-    /// Do not also search large images in native-resolution tiles (faster, misses small
-    /// objects).
-    #[arg(long)]
-    no_tiling: bool,
-
-    /// Tile size in pixels for large images.
-    #[arg(long, value_name = "PX")]
-    tile_size: Option<u32>,
-
-    /// Overlap between neighbouring tiles in pixels.
-    #[arg(long, value_name = "PX")]
-    tile_overlap: Option<u32>,
-
-    /// Most tiles per image; beyond it tiles grow.
-    #[arg(long, value_name = "N")]
-    max_tiles: Option<usize>,
+    #[command(flatten)]
+    tiles: super::TileArgs,
 }
 
 pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
@@ -82,7 +68,12 @@ pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
     }
     cfg.session = cmd.models.session();
     let o = &mut cfg.options;
-    o.tiling &= !cmd.no_tiling;
+    cmd.tiles.apply(
+        &mut o.tiling,
+        &mut o.tile_size,
+        &mut o.tile_overlap,
+        &mut o.max_tiles,
+    );
     let set = |slot: &mut f32, v: Option<f32>, what: &str| -> Result<()> {
         if let Some(v) = v {
             anyhow::ensure!((0.0..=1.0).contains(&v), "{what} must be between 0 and 1");
@@ -96,15 +87,6 @@ pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
         cmd.text_threshold,
         "--text-threshold",
     )?;
-    if let Some(v) = cmd.tile_size {
-        o.tile_size = v;
-    }
-    if let Some(v) = cmd.tile_overlap {
-        o.tile_overlap = v;
-    }
-    if let Some(v) = cmd.max_tiles {
-        o.max_tiles = v;
-    }
     // Check the phrases before loading anything.
     let args = DetectArgs {
         objects: Phrases::Caption(cmd.phrases.clone()),

@@ -61,6 +61,44 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
+/// Tiling options shared by the agents that read large images in native-resolution tiles.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TileArgs {
+    /// Do not also read large images in overlapping native-resolution tiles (faster; misses
+    /// small text and objects).
+    #[arg(long)]
+    pub no_tiling: bool,
+
+    /// Tile size in pixels for large images.
+    #[arg(long, value_name = "PX")]
+    pub tile_size: Option<u32>,
+
+    /// Overlap between neighbouring tiles in pixels.
+    #[arg(long, value_name = "PX")]
+    pub tile_overlap: Option<u32>,
+
+    /// Most tiles per image; beyond it OCR reads the tiles at a reduced scale and detection
+    /// makes them larger.
+    #[arg(long, value_name = "N")]
+    pub max_tiles: Option<usize>,
+}
+
+impl TileArgs {
+    /// Overrides an agent's tiling options with those given on the command line.
+    pub fn apply(&self, tiling: &mut bool, size: &mut u32, overlap: &mut u32, max: &mut usize) {
+        *tiling &= !self.no_tiling;
+        if let Some(v) = self.tile_size {
+            *size = v;
+        }
+        if let Some(v) = self.tile_overlap {
+            *overlap = v;
+        }
+        if let Some(v) = self.max_tiles {
+            *max = v;
+        }
+    }
+}
+
 impl ModelArgs {
     /// Where agent models come from: `--model-dir`, else the pinned store.
     pub fn source(&self, store: &p2g::models::Store) -> p2g::models::ModelSource {

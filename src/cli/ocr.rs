@@ -43,26 +43,13 @@ pub struct OcrCmd {
     #[arg(long, value_name = "TOML")]
     manifest: Option<PathBuf>,
 
-    /// Do not read large images in native-resolution tiles (faster, misses small text).
-    #[arg(long)]
-    no_tiling: bool,
+    #[command(flatten)]
+    tiles: super::TileArgs,
 
     /// Read every tile of a large image, not only where the global pass saw text too small to
     /// resolve (slower; for exhaustive reading).
     #[arg(long)]
     tile_all: bool,
-
-    /// Tile size in pixels for large images.
-    #[arg(long, value_name = "PX")]
-    tile_size: Option<u32>,
-
-    /// Overlap between neighbouring tiles in pixels.
-    #[arg(long, value_name = "PX")]
-    tile_overlap: Option<u32>,
-
-    /// Most tiles per image; beyond it the tiled pass runs at a reduced scale.
-    #[arg(long, value_name = "N")]
-    max_tiles: Option<usize>,
 
     /// Longest side of the whole-image detection pass.
     #[arg(long, value_name = "PX")]
@@ -141,19 +128,15 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
     }
     cfg.session = cmd.models.session();
     let o = &mut cfg.options;
-    o.tiling &= !cmd.no_tiling;
+    cmd.tiles.apply(
+        &mut o.tiling,
+        &mut o.tile_size,
+        &mut o.tile_overlap,
+        &mut o.max_tiles,
+    );
     o.tile_all |= cmd.tile_all;
     o.use_orientation &= !cmd.no_orientation;
     o.restore_spaces &= !cmd.no_restore_spaces;
-    if let Some(v) = cmd.tile_size {
-        o.tile_size = v;
-    }
-    if let Some(v) = cmd.tile_overlap {
-        o.tile_overlap = v;
-    }
-    if let Some(v) = cmd.max_tiles {
-        o.max_tiles = v;
-    }
     if let Some(v) = cmd.det_limit_side {
         o.det_limit_side = v;
     }

@@ -21,9 +21,7 @@ use serde_json::Value;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
-use super::{
-    Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext, StepStats,
-};
+use super::{Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext};
 use crate::agents::BoxFuture;
 use crate::models::{ModelSource, Store};
 
@@ -196,15 +194,8 @@ impl Controller for EmbeddedController {
                 } else {
                     free_step(&mut s, &cfg, &tools, &ctx)
                 };
-                let st = s.take_stats();
-                let stats = StepStats {
-                    prompt_tokens: tokens.len(),
-                    reused_tokens: st.reused_tokens,
-                    prefill_tokens: st.prefill_tokens,
-                    prefill_ms: st.prefill_ms,
-                    generated_tokens: st.generated_tokens,
-                    decode_ms: st.decode_ms,
-                };
+                // One prompt per step: the counters are this step's.
+                let stats = s.take_stats();
                 match result {
                     Ok((decision, raw)) => Ok(Step {
                         decision,

@@ -100,7 +100,7 @@ pub enum Decision {
     },
 }
 
-/// Cost of one decision, for traces.
+/// Cost of one decision, for traces (counted by the model session that made it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepStats {
     /// Tokens in the prompt the decision was made on.

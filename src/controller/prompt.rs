@@ -90,28 +90,28 @@ impl Prompts {
 /// form chat templates' `tojson` produced when the model was trained.
 pub fn to_json_python(v: &Value) -> String {
     struct PyFormatter;
+    /// Python's `json.dumps` puts ", " between items (serde_json writes ",").
+    fn separator<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
     impl serde_json::ser::Formatter for PyFormatter {
         fn begin_array_value<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_key<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_value<W: ?Sized + std::io::Write>(
             &mut self,

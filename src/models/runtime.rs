@@ -138,8 +138,9 @@ pub fn open_session(
         .map_err(|e| err(e.to_string()))
 }
 
-/// A model with one float tensor in and one float tensor out — every PaddleOCR model — behind
-/// a lock (ONNX Runtime sessions run one call at a time), with its run options made once.
+/// An ONNX Runtime session behind a lock (sessions run one call at a time), with its run
+/// options made once. [`OnnxModel::run`] serves models with one float tensor in and one out —
+/// every PaddleOCR model; [`OnnxModel::with_session`] any other interface.
 pub struct OnnxModel {
     session: Mutex<(Session, ort::session::RunOptions)>,
 }
@@ -172,19 +173,30 @@ impl OnnxModel {
         f: impl FnOnce(&[i64], &[f32]) -> Result<R, E>,
     ) -> Result<R, E> {
         let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| err(e.to_string()))?;
+        self.with_session(&err, |session, run_opts| {
+            let outputs = session
+                .run_with_options(ort::inputs![tensor], run_opts)
+                .map_err(|e| err(e.to_string()))?;
+            let (out_shape, data) = outputs[0]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| err(e.to_string()))?;
+            let dims: Vec<i64> = out_shape.iter().copied().collect();
+            f(&dims, data)
+        })
+    }
+
+    /// Runs `f` with the session and its run options, holding the lock.
+    pub fn with_session<R, E>(
+        &self,
+        err: impl Fn(String) -> E,
+        f: impl FnOnce(&mut Session, &ort::session::RunOptions) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut guard = self
             .session
             .lock()
             .map_err(|_| err("an earlier call panicked inside this model".into()))?;
         let (session, run_opts) = &mut *guard;
-        let outputs = session
-            .run_with_options(ort::inputs![tensor], run_opts)
-            .map_err(|e| err(e.to_string()))?;
-        let (out_shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| err(e.to_string()))?;
-        let dims: Vec<i64> = out_shape.iter().copied().collect();
-        f(&dims, data)
+        f(session, run_opts)
     }
 }
 

@@ -25,6 +25,15 @@ pub fn eval_dir(sub: &str) -> PathBuf {
     dir
 }
 
+/// The async runtime tests drive the loop on (two workers, as the CLI).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests").join("fixtures").join(name)
 }

@@ -284,16 +284,9 @@ impl Inner {
                 reason: "no phrases to look for; write them like \"black mug . red sign\"".into(),
             });
         }
-        let groups = self
+        let texts = self
             .text
-            .groups(&phrases, self.options.max_text_len.max(3))?;
-        let texts: Vec<(Vec<String>, TextInputs)> = groups
-            .into_iter()
-            .map(|g| {
-                let t = self.text.encode(&g)?;
-                Ok((g, t))
-            })
-            .collect::<Result<_, AgentError>>()?;
+            .encode_passes(&phrases, self.options.max_text_len.max(3))?;
         let (view, offset) = super::region_view(image, args.region.as_ref(), "detect")?;
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let (w, h) = rgb.dimensions();
@@ -301,10 +294,7 @@ impl Inner {
 
         let full = Rect::full(rgb);
         let mut found = self.pass(rgb, full, offset, &texts)?;
-        let (gw, gh) = self
-            .model
-            .fixed_size()
-            .unwrap_or_else(|| target_size(w, h, o.short_side, o.max_side));
+        let (gw, gh) = self.input_size(w, h);
         if o.tiling && (gw < w || gh < h) {
             let layout = tile_layout(w, h, o.tile_size, o.tile_overlap, o.max_tiles);
             if layout.len() > 1 {
@@ -331,7 +321,16 @@ impl Inner {
         })
     }
 
-    /// One pass over `rect` of `rgb` for every caption group; boxes in image pixels.
+    /// The size a `w x h` view is fed to the model at: the export's fixed size, else the
+    /// reference resize.
+    fn input_size(&self, w: u32, h: u32) -> (u32, u32) {
+        let o = &self.options;
+        self.model
+            .fixed_size()
+            .unwrap_or_else(|| target_size(w, h, o.short_side, o.max_side))
+    }
+
+    /// One pass over `rect` of `rgb` for every caption; boxes in image pixels.
     fn pass(
         &self,
         rgb: &RgbImage,

@@ -9,10 +9,9 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use ort::environment::Environment;
-use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::session::SessionInputValue;
 use ort::value::{Tensor, TensorElementType, TensorRef};
 
 use super::text::TextInputs;
@@ -39,7 +38,7 @@ pub struct Outputs {
 }
 
 pub struct DinoModel {
-    session: Mutex<(Session, RunOptions)>,
+    model: runtime::OnnxModel,
     path: PathBuf,
     image: String,
     /// input_ids, attention_mask, position_ids, token_type_ids, text_token_mask.
@@ -65,22 +64,32 @@ impl DinoModel {
         session: &SessionOptions,
         opts: &DetectOptions,
     ) -> Result<Self, AgentError> {
-        let s = runtime::open_session(env, path, session)?;
-        let inputs: Vec<(String, Option<TensorElementType>, Vec<i64>)> = s
-            .inputs()
-            .iter()
-            .map(|o| {
-                (
-                    o.name().to_string(),
-                    o.dtype().tensor_type(),
-                    o.dtype()
-                        .tensor_shape()
-                        .map(|d| d.iter().copied().collect())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        let outputs: Vec<String> = s.outputs().iter().map(|o| o.name().to_string()).collect();
+        let model = runtime::OnnxModel::open(env, path, session)?;
+        type Inputs = Vec<(String, Option<TensorElementType>, Vec<i64>)>;
+        let (inputs, outputs): (Inputs, Vec<String>) = model.with_session(
+            |reason| ModelError::Session {
+                path: path.to_path_buf(),
+                reason,
+            },
+            |s, _| {
+                let inputs = s
+                    .inputs()
+                    .iter()
+                    .map(|o| {
+                        let shape = o.dtype().tensor_shape();
+                        (
+                            o.name().to_string(),
+                            o.dtype().tensor_type(),
+                            shape
+                                .map(|d| d.iter().copied().collect())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let outputs = s.outputs().iter().map(|o| o.name().to_string()).collect();
+                Ok((inputs, outputs))
+            },
+        )?;
         let have: Vec<&str> = inputs.iter().map(|i| i.0.as_str()).collect();
         let bad = |reason: String| {
             AgentError::Model(ModelError::BadFormat {
@@ -138,7 +147,7 @@ impl DinoModel {
             .try_into()
             .map_err(|_| bad("text inputs could not be resolved".into()))?;
         Ok(Self {
-            session: Mutex::new((s, runtime::run_options(session.arena)?)),
+            model,
             path: path.to_path_buf(),
             image,
             text,
@@ -199,42 +208,39 @@ impl DinoModel {
             };
             inputs.push((Cow::from(name.as_str()), value));
         }
-        let mut guard = self
-            .session
-            .lock()
-            .map_err(|_| err("an earlier call panicked inside this model".into()))?;
-        let (session, run_opts) = &mut *guard;
-        let outputs = session
-            .run_with_options(inputs, run_opts)
-            .map_err(|e| err(e.to_string()))?;
-        let take = |name: &str| -> Result<(Vec<i64>, Vec<f32>), AgentError> {
-            let v = outputs
-                .get(name)
-                .ok_or_else(|| err(format!("no output `{name}`")))?;
-            let (shape, data) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| err(format!("output `{name}`: {e}")))?;
-            Ok((shape.iter().copied().collect(), data.to_vec()))
-        };
-        let (lshape, logits) = take(&self.logits)?;
-        let (bshape, boxes) = take(&self.boxes)?;
-        // [1, queries, stride] and [1, queries, 4]; a batch dimension may be missing.
-        let last2 = |s: &[i64]| match s {
-            [1, q, k] | [q, k] => Some((*q as usize, *k as usize)),
-            _ => None,
-        };
-        match (last2(&lshape), last2(&bshape)) {
-            (Some((q, stride)), Some((qb, 4))) if q == qb && stride > 0 => Ok(Outputs {
-                logits,
-                boxes,
-                queries: q,
-                stride,
-            }),
-            _ => Err(err(format!(
+        self.model.with_session(err, |session, run_opts| {
+            let outputs = session
+                .run_with_options(inputs, run_opts)
+                .map_err(|e| err(e.to_string()))?;
+            let take = |name: &str| -> Result<(Vec<i64>, Vec<f32>), AgentError> {
+                let v = outputs
+                    .get(name)
+                    .ok_or_else(|| err(format!("no output `{name}`")))?;
+                let (shape, data) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| err(format!("output `{name}`: {e}")))?;
+                Ok((shape.iter().copied().collect(), data.to_vec()))
+            };
+            let (lshape, logits) = take(&self.logits)?;
+            let (bshape, boxes) = take(&self.boxes)?;
+            // [1, queries, stride] and [1, queries, 4]; a batch dimension may be missing.
+            let last2 = |s: &[i64]| match s {
+                [1, q, k] | [q, k] => Some((*q as usize, *k as usize)),
+                _ => None,
+            };
+            match (last2(&lshape), last2(&bshape)) {
+                (Some((q, stride)), Some((qb, 4))) if q == qb && stride > 0 => Ok(Outputs {
+                    logits,
+                    boxes,
+                    queries: q,
+                    stride,
+                }),
+                _ => Err(err(format!(
                 "outputs have shapes {lshape:?} ({}) and {bshape:?} ({}); expected [1, queries, \
                  256] and [1, queries, 4]",
                 self.logits, self.boxes
             ))),
-        }
+            }
+        })
     }
 }

@@ -62,13 +62,9 @@ impl TextEncoder {
                 reason,
             })
         };
-        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let text = String::from_utf8(text).map_err(|_| bad("not UTF-8 text".into()))?;
-        let vocab: std::collections::HashMap<String, u32> = text
-            .lines()
-            .enumerate()
-            .map(|(i, t)| (t.trim_end_matches('\r').to_string(), i as u32))
-            .collect();
+        // Parsed once, by the tokenizer's own reader, so the delimiter ids are its ids.
+        let vocab =
+            WordPiece::read_file(&path.to_string_lossy()).map_err(|e| bad(e.to_string()))?;
         let id = |t: &str| {
             vocab
                 .get(t)
@@ -78,7 +74,7 @@ impl TextEncoder {
         let delimiters = [id("[CLS]")?, id("[SEP]")?, id(".")?, id("?")?];
         id("[UNK]")?;
         let model = WordPiece::builder()
-            .files(path.to_string_lossy().into_owned())
+            .vocab(vocab)
             .unk_token("[UNK]".into())
             .continuing_subword_prefix("##".into())
             .build()
@@ -138,39 +134,46 @@ impl TextEncoder {
         })
     }
 
-    /// Splits `phrases` into groups whose captions fit `max_tokens` (the model reads at most
-    /// 256 text tokens); each group is one inference pass. A single phrase too long for one
-    /// pass is an argument error.
-    pub fn groups(
+    /// Encodes `phrases` as captions that each fit `max_tokens` (the model reads at most 256
+    /// text tokens), packing phrases in order; each caption is one inference pass. A single
+    /// phrase too long for one pass is an argument error.
+    pub fn encode_passes(
         &self,
         phrases: &[String],
         max_tokens: usize,
-    ) -> Result<Vec<Vec<String>>, AgentError> {
-        let mut groups: Vec<Vec<String>> = Vec::new();
+    ) -> Result<Vec<(Vec<String>, TextInputs)>, AgentError> {
+        let too_long = |p: &str, n: usize| AgentError::Arguments {
+            agent: "detect".into(),
+            reason: format!(
+                "the phrase {p:?} is {n} tokens long; the model reads at most {max_tokens}"
+            ),
+        };
+        let mut passes = Vec::new();
         let mut current: Vec<String> = Vec::new();
+        let mut encoded: Option<TextInputs> = None;
         for p in phrases {
             current.push(p.clone());
-            if self.encode(&current)?.len() <= max_tokens {
+            let t = self.encode(&current)?;
+            if t.len() <= max_tokens {
+                encoded = Some(t);
                 continue;
             }
             current.pop();
-            let alone = std::slice::from_ref(p);
-            let n = self.encode(alone)?.len();
-            if n > max_tokens {
-                return Err(AgentError::Arguments {
-                    agent: "detect".into(),
-                    reason: format!(
-                        "the phrase {p:?} is {n} tokens long; the model reads at most {max_tokens}"
-                    ),
-                });
-            }
-            groups.push(std::mem::take(&mut current));
+            let Some(full) = encoded.take() else {
+                return Err(too_long(p, t.len()));
+            };
+            passes.push((std::mem::take(&mut current), full));
             current.push(p.clone());
+            let alone = self.encode(&current)?;
+            if alone.len() > max_tokens {
+                return Err(too_long(p, alone.len()));
+            }
+            encoded = Some(alone);
         }
-        if !current.is_empty() {
-            groups.push(current);
+        if let Some(t) = encoded {
+            passes.push((current, t));
         }
-        Ok(groups)
+        Ok(passes)
     }
 }
 

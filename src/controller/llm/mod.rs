@@ -22,6 +22,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::Tokenizer;
 
+use crate::controller::StepStats;
+
 pub use transformer::{Arch, Config, KvCache, Transformer};
 
 /// Errors of the in-process language model.
@@ -308,21 +310,6 @@ pub enum StopReason {
     Length,
 }
 
-/// Counters of one session, reset by [`Session::take_stats`].
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Stats {
-    /// Tokens of the prompts set, all told.
-    pub prompt_tokens: usize,
-    /// Of those, tokens already in the KV cache and not run again.
-    pub reused_tokens: usize,
-    /// Tokens run in prefill passes (prompt remainder and forced text).
-    pub prefill_tokens: usize,
-    pub prefill_ms: f64,
-    /// Tokens the model chose, one pass each.
-    pub generated_tokens: usize,
-    pub decode_ms: f64,
-}
-
 /// One conversation's state on a shared model.
 pub struct Session {
     lm: Arc<LanguageModel>,
@@ -334,7 +321,8 @@ pub struct Session {
     /// Logits after the last fed token, while nothing is pending.
     logits: Option<Vec<f32>>,
     cancel: Arc<AtomicBool>,
-    stats: Stats,
+    /// Counters since the last [`Session::take_stats`].
+    stats: StepStats,
 }
 
 impl Session {
@@ -346,7 +334,7 @@ impl Session {
             pending: Vec::new(),
             logits: None,
             cancel: Arc::new(AtomicBool::new(false)),
-            stats: Stats::default(),
+            stats: StepStats::default(),
         }
     }
 
@@ -360,7 +348,7 @@ impl Session {
         self.cancel = flag;
     }
 
-    pub fn take_stats(&mut self) -> Stats {
+    pub fn take_stats(&mut self) -> StepStats {
         std::mem::take(&mut self.stats)
     }
 
