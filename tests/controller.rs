@@ -160,3 +160,78 @@ fn a_broken_controller_file_is_a_clear_error() {
     .unwrap_err();
     assert!(e.to_string().contains("cannot read"), "{e}");
 }
+
+/// An "OCR" that returns receipt 001's transcribed lines (SROIE `box/001.csv`): the real
+/// lines of a real receipt, without running OCR.
+struct Transcribed;
+
+impl Agent for Transcribed {
+    type Args = serde_json::Value;
+    type Output = Vec<Finding>;
+
+    fn name(&self) -> &str {
+        "ocr"
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        p2g::agents::AgentManifest::embedded("ocr")
+            .unwrap()
+            .definition()
+    }
+
+    fn findings(&self, out: &Vec<Finding>) -> Vec<Finding> {
+        out.clone()
+    }
+
+    async fn run(&self, _: &Image, _: serde_json::Value) -> Result<Vec<Finding>, AgentError> {
+        let gt = common::read_gt(&common::eval_dir("sroie-dev").join("box/001.csv"));
+        Ok(gt
+            .into_iter()
+            .map(|l| Finding {
+                bbox: l.bbox,
+                text: l.text,
+                kind: FindingKind::Text,
+                score: 1.0,
+            })
+            .collect())
+    }
+}
+
+/// The receipt's date line is "19/10/2018 20:49:59 #01". Qwen writes numbers digit by digit
+/// and, left alone, would write the date as 2018-10-19: its first digit "2" starts only the
+/// time "20:49:59" in the evidence, so copying from the greedy first token alone answers with
+/// (part of) the time. Continuing several first tokens and keeping the likeliest whole copy
+/// answers with the date as printed.
+#[test]
+fn copied_answers_are_chosen_as_a_whole_not_by_their_first_digit() {
+    let ask = |alternatives: usize| {
+        let mut cfg = EmbeddedConfig::new(Prompts::embedded().unwrap());
+        cfg.copy_alternatives = alternatives;
+        let c = EmbeddedController::load(
+            ControllerChoice::Qwen,
+            &ModelSource::Store(Store::open_default().unwrap()),
+            cfg,
+        )
+        .unwrap();
+        let o = Orchestrator::builder()
+            .controller(c)
+            .agent(Transcribed)
+            .build()
+            .unwrap();
+        let p = common::eval_dir("sroie-dev").join("img/001.jpg");
+        let img = Image::open(&p, &LoadOptions::default()).unwrap();
+        let mut s = o.session(img, &p);
+        common::rt()
+            .block_on(s.ask("What is the date?", AskOptions::default()))
+            .unwrap()
+    };
+    let a = ask(4);
+    assert_eq!(a.answer, "19/10/2018", "{a:?}");
+    assert_eq!(a.grounding.len(), 1, "{a:?}");
+    assert_eq!(a.grounding[0].phrase, "19/10/2018");
+    let greedy = ask(1);
+    assert_ne!(
+        greedy.answer, "19/10/2018",
+        "the case no longer needs the search: {greedy:?}"
+    );
+}

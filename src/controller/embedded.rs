@@ -71,6 +71,8 @@ pub struct EmbeddedConfig {
     /// When an answer starts like a word of the evidence, copy it from the evidence by
     /// construction (the cited regions are those it was copied from).
     pub copy_answers: bool,
+    /// First tokens a copied answer is tried with (1: greedy).
+    pub copy_alternatives: usize,
 }
 
 impl EmbeddedConfig {
@@ -83,6 +85,7 @@ impl EmbeddedConfig {
             max_argument_tokens: 64,
             max_citations: 8,
             copy_answers: true,
+            copy_alternatives: 4,
         }
     }
 }
@@ -354,16 +357,14 @@ fn constrained_step(
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
         let first = s.peek()?;
         let copying = cfg.copy_answers && source.starts_with_word(&first);
-        let (body, closed, mut cited) = if copying {
-            let (body, closed) = s.free_string(
-                cfg.max_answer_tokens,
-                |so_far, piece, closes| {
-                    let mut t = so_far.to_vec();
-                    t.extend_from_slice(piece);
-                    (!closes || !t.is_empty()) && source.has_at_word(&t)
-                },
-                stream,
-            )?;
+        let copy = if copying {
+            copy_search(s, cfg, &source)?
+        } else {
+            None
+        };
+        let copying = copy.is_some();
+        let (body, closed, mut cited) = if let Some((body, closed)) = copy {
+            stream(&body);
             let cited = source.regions_of(body.as_bytes());
             (body, closed, cited)
         } else {
@@ -457,6 +458,78 @@ fn constrained_step(
         },
         raw,
     ))
+}
+
+/// Copies the answer from the evidence. The few most likely first tokens that start a word of
+/// the evidence are each continued greedily under the copy constraint, and the copy the model
+/// finds most likely as a whole, closing quote included, wins. The first token alone is a
+/// poor guide: Qwen writes numbers digit by digit, so the "2" of the "2018-10-19" it would
+/// like to write starts the copy "20" (of the time "20:49:59"), while the copy that starts
+/// with "1" ("19/10/2018") is the one it then finds likely to the end.
+///
+/// Returns the copied text (JSON-escaped, as written) and whether its string was closed, or
+/// `None` when no token starts a word of the evidence.
+fn copy_search(
+    s: &mut Session,
+    cfg: &EmbeddedConfig,
+    source: &CopySource,
+) -> Result<Option<(String, bool)>, StepFailure> {
+    let lm = s.model().clone();
+    let mark = s.mark()?;
+    let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
+        lm.is_plain(id, bytes)
+            && !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+            && source.has_at_word(bytes)
+    })?;
+    // (log-probability, text, closed, tokens)
+    let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
+    let mut session_holds_best = false;
+    for (i, &(id, first_lp)) in firsts.iter().enumerate() {
+        let floor = best.as_ref().map_or(f64::NEG_INFINITY, |b| b.0);
+        // Alternatives come most likely first: one already below the best copy cannot win.
+        if first_lp < floor {
+            break;
+        }
+        if i > 0 {
+            s.rewind(&mark);
+        }
+        s.take_logprob();
+        s.give_up_below(floor);
+        s.force(id, first_lp);
+        let head = lm.token_bytes(id).to_vec();
+        let copied = s.free_string(
+            cfg.max_answer_tokens.saturating_sub(1),
+            |so_far, piece, _| {
+                let mut t = head.clone();
+                t.extend_from_slice(so_far);
+                t.extend_from_slice(piece);
+                source.has_at_word(&t)
+            },
+            |_| {},
+        );
+        s.give_up_below(f64::NEG_INFINITY);
+        let (rest, closed) = copied?;
+        let total = s.take_logprob();
+        // A copy that was given up (or ran out of tokens) only counts when nothing else does.
+        let counts = if best.is_some() {
+            closed && best.as_ref().is_some_and(|b| total > b.0 || !b.2)
+        } else {
+            true
+        };
+        session_holds_best = counts;
+        if counts {
+            let text = format!("{}{rest}", String::from_utf8_lossy(&head));
+            best = Some((total, text, closed, s.tokens_since(&mark)));
+        }
+    }
+    let Some((_, text, closed, tokens)) = best else {
+        return Ok(None);
+    };
+    if !session_holds_best {
+        s.rewind(&mark);
+        s.push_tokens(&tokens);
+    }
+    Ok(Some((text, closed)))
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.

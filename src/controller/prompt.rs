@@ -14,6 +14,7 @@ const QUESTION: &str = include_str!("../../prompts/question.md");
 const REPAIR: &str = include_str!("../../prompts/repair.md");
 const TOOLS: &str = include_str!("../../prompts/tools.md");
 const ANSWER_TOOL: &str = include_str!("../../prompts/answer_tool.json");
+const REMINDER: &str = include_str!("../../prompts/reminder.md");
 
 /// The controller's templates.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,8 @@ pub struct Prompts {
     pub question: String,
     pub repair: String,
     pub tools: String,
+    /// Restates the question after the evidence (empty: not restated).
+    pub reminder: String,
     pub answer_tool: ToolDefinition,
 }
 
@@ -40,6 +43,7 @@ impl Prompts {
             question: QUESTION.into(),
             repair: REPAIR.into(),
             tools: TOOLS.into(),
+            reminder: REMINDER.into(),
             answer_tool: serde_json::from_str(ANSWER_TOOL)
                 .map_err(|e| bad("answer_tool.json", e))?,
         })
@@ -65,6 +69,7 @@ impl Prompts {
         read("question.md", &mut p.question)?;
         read("repair.md", &mut p.repair)?;
         read("tools.md", &mut p.tools)?;
+        read("reminder.md", &mut p.reminder)?;
         let mut answer = String::new();
         read("answer_tool.json", &mut answer)?;
         if !answer.is_empty() {
@@ -77,6 +82,7 @@ impl Prompts {
             ("question.md", &p.question),
             ("repair.md", &p.repair),
             ("tools.md", &p.tools),
+            ("reminder.md", &p.reminder),
         ] {
             environment()
                 .template_from_str(t)
@@ -195,6 +201,7 @@ pub fn render_conversation(
             json!({ "role": "assistant", "content": call_text(name, &args) })
         }
     };
+    let mut question = Value::Null;
     for turn in &conv.turns {
         match turn {
             Turn::Question { text, region } => {
@@ -202,11 +209,8 @@ pub fn render_conversation(
                     let r = b.rounded();
                     [r.x1 as i64, r.y1 as i64, r.x2 as i64, r.y2 as i64]
                 });
-                let content = render(
-                    "question.md",
-                    &prompts.question,
-                    json!({ "question": text, "region": region }),
-                )?;
+                question = json!({ "question": text, "region": region });
+                let content = render("question.md", &prompts.question, question.clone())?;
                 messages.push(json!({ "role": "user", "content": content }));
             }
             Turn::Call { agent, arguments } => {
@@ -231,6 +235,14 @@ pub fn render_conversation(
                 let content = render("repair.md", &prompts.repair, json!({ "error": error }))?;
                 messages.push(json!({ "role": "user", "content": content }));
             }
+        }
+    }
+    // A small model loses a question asked before a thousand tokens of evidence: after new
+    // evidence, the question is asked again right where the answer starts.
+    if matches!(conv.turns.last(), Some(Turn::Observation { .. })) && !question.is_null() {
+        let content = render("reminder.md", &prompts.reminder, question)?;
+        if !content.trim().is_empty() {
+            messages.push(json!({ "role": "user", "content": content }));
         }
     }
     let env = environment();
@@ -264,7 +276,7 @@ mod tests {
     fn embedded_templates_parse() {
         let p = Prompts::embedded().unwrap();
         assert_eq!(p.answer_tool.name, "answer");
-        for t in [&p.system, &p.question, &p.repair, &p.tools] {
+        for t in [&p.system, &p.question, &p.repair, &p.tools, &p.reminder] {
             environment().template_from_str(t).unwrap();
         }
     }

@@ -234,7 +234,7 @@ impl LanguageModel {
     }
 
     /// A token that spells text: not empty, not a control token.
-    fn is_plain(&self, id: u32, bytes: &[u8]) -> bool {
+    pub fn is_plain(&self, id: u32, bytes: &[u8]) -> bool {
         !bytes.is_empty() && !self.special.get(id as usize).copied().unwrap_or(false)
     }
 
@@ -323,6 +323,24 @@ pub struct Session {
     cancel: Arc<AtomicBool>,
     /// Counters since the last [`Session::take_stats`].
     stats: StepStats,
+    /// Sum of the log-probabilities of the tokens chosen since [`Session::take_logprob`].
+    logprob: f64,
+    /// [`Session::free_string`] gives up once `logprob` falls below this (a search that
+    /// already has a better candidate need not finish a worse one).
+    give_up_below: f64,
+}
+
+/// A point of a session to come back to: its length and the logits there.
+pub struct Mark {
+    len: usize,
+    logits: Vec<f32>,
+}
+
+/// log Σ exp(logits): log-probabilities are logits minus this.
+fn log_norm(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    max as f64 + sum.ln()
 }
 
 impl Session {
@@ -335,6 +353,8 @@ impl Session {
             logits: None,
             cancel: Arc::new(AtomicBool::new(false)),
             stats: StepStats::default(),
+            logprob: 0.0,
+            give_up_below: f64::NEG_INFINITY,
         }
     }
 
@@ -350,6 +370,77 @@ impl Session {
 
     pub fn take_stats(&mut self) -> StepStats {
         std::mem::take(&mut self.stats)
+    }
+
+    /// The summed log-probability of the tokens chosen since the last call.
+    pub fn take_logprob(&mut self) -> f64 {
+        std::mem::take(&mut self.logprob)
+    }
+
+    /// Makes [`Session::free_string`] give up once the chosen tokens' summed log-probability
+    /// falls below `floor` (`f64::NEG_INFINITY`: never).
+    pub fn give_up_below(&mut self, floor: f64) {
+        self.give_up_below = floor;
+    }
+
+    /// Remembers this point (running what is pending) so [`Session::rewind`] can return to it.
+    pub fn mark(&mut self) -> Result<Mark, LlmError> {
+        let logits = self.logits()?.to_vec();
+        Ok(Mark {
+            len: self.fed.len(),
+            logits,
+        })
+    }
+
+    /// Forgets everything after `mark`; its logits are restored, so nothing is run again.
+    pub fn rewind(&mut self, mark: &Mark) {
+        self.pending.clear();
+        self.fed.truncate(mark.len);
+        self.cache.truncate(mark.len);
+        self.logits = Some(mark.logits.clone());
+    }
+
+    /// The tokens after `mark` (fed or pending).
+    pub fn tokens_since(&self, mark: &Mark) -> Vec<u32> {
+        self.fed
+            .iter()
+            .chain(&self.pending)
+            .skip(mark.len)
+            .copied()
+            .collect()
+    }
+
+    /// Appends tokens chosen earlier (replaying a search's winner); they run lazily.
+    pub fn push_tokens(&mut self, ids: &[u32]) {
+        self.pending.extend_from_slice(ids);
+        self.logits = None;
+    }
+
+    /// The `k` most likely next tokens that `allowed` accepts, with their log-probabilities,
+    /// most likely first.
+    pub fn top_allowed(
+        &mut self,
+        k: usize,
+        mut allowed: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<Vec<(u32, f64)>, LlmError> {
+        let lm = self.lm.clone();
+        let logits = self.logits()?;
+        let norm = log_norm(logits);
+        let mut ids: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&id| allowed(id, lm.token_bytes(id)))
+            .collect();
+        ids.sort_unstable_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        Ok(ids
+            .into_iter()
+            .take(k)
+            .map(|id| (id, logits[id as usize] as f64 - norm))
+            .collect())
+    }
+
+    /// Appends `id` as chosen with log-probability `logprob` (one of [`Session::top_allowed`]).
+    pub fn force(&mut self, id: u32, logprob: f64) {
+        self.logprob += logprob;
+        self.accept(id);
     }
 
     /// Tokens the conversation holds (fed and pending).
@@ -461,20 +552,25 @@ impl Session {
             let (top, _) = idx.split_at_mut(TOP);
             top.sort_unstable_by(by_logit);
         }
-        for &id in idx.iter().take(TOP) {
-            if allowed(id, lm.token_bytes(id)) {
-                return Ok(Some(id));
-            }
-        }
-        let mut best: Option<u32> = None;
-        for &id in idx.iter().skip(TOP) {
-            if best.is_some_and(|b| logits[id as usize] <= logits[b as usize]) {
-                continue;
-            }
-            if allowed(id, lm.token_bytes(id)) {
-                best = Some(id);
-            }
-        }
+        let best = idx
+            .iter()
+            .take(TOP)
+            .copied()
+            .find(|&id| allowed(id, lm.token_bytes(id)))
+            .or_else(|| {
+                let mut best: Option<u32> = None;
+                for &id in idx.iter().skip(TOP) {
+                    if best.is_some_and(|b| logits[id as usize] <= logits[b as usize]) {
+                        continue;
+                    }
+                    if allowed(id, lm.token_bytes(id)) {
+                        best = Some(id);
+                    }
+                }
+                best
+            });
+        let logprob = best.map_or(0.0, |id| logits[id as usize] as f64 - log_norm(logits));
+        self.logprob += logprob;
         Ok(best)
     }
 
@@ -599,6 +695,9 @@ impl Session {
                 }
             })?;
             let Some(id) = next else { break };
+            if self.logprob < self.give_up_below {
+                break;
+            }
             let bytes = lm.token_bytes(id);
             match string_close(&text, bytes) {
                 Some(i) => {
