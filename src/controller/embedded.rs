@@ -511,11 +511,9 @@ fn copy_search(
         let (rest, closed) = copied?;
         let total = s.take_logprob();
         // A copy that was given up (or ran out of tokens) only counts when nothing else does.
-        let counts = if best.is_some() {
-            closed && best.as_ref().is_some_and(|b| total > b.0 || !b.2)
-        } else {
-            true
-        };
+        let counts = best
+            .as_ref()
+            .is_none_or(|b| closed && (total > b.0 || !b.2));
         session_holds_best = counts;
         if counts {
             let text = format!("{}{rest}", String::from_utf8_lossy(&head));
