@@ -21,7 +21,7 @@ use candle_core::quantized::{
 };
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use super::kernels::Q5Matrix;
+use super::kernels::{self, MatVec, RowMatrix};
 use super::LlmError;
 
 /// Prefill chunks with at least this many rows go through the f32 GEMM path.
@@ -126,20 +126,16 @@ struct Linear {
 
 #[derive(Debug, Clone)]
 enum Weight {
-    /// Formats candle has kernels for (Q8_0, K-quants, f32).
+    /// Formats left to candle's kernels (f32, the rarer quantisations).
     Candle(Arc<QTensor>, QMatMul),
-    /// Q5_0, with p2g's own kernel (candle's is scalar).
-    Q5(Arc<Q5Matrix>),
+    /// Q5_0, Q8_0 and the common K-quants, on the rayon pool (see `kernels`).
+    Own(Arc<dyn RowMatrix>),
 }
 
 impl Linear {
     fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self, candle_core::Error> {
-        let weight = if weight.dtype() == GgmlDType::Q5_0 {
-            let (rows, cols) = weight.shape().dims2()?;
-            match Q5Matrix::new(rows, cols, weight.data()?.into_owned()) {
-                Some(m) => Weight::Q5(Arc::new(m)),
-                None => candle_core::bail!("a Q5_0 matrix of {rows}x{cols} has the wrong size"),
-            }
+        let weight = if let Some(m) = kernels::row_matrix(&weight)? {
+            Weight::Own(m)
         } else {
             let weight = Arc::new(weight);
             Weight::Candle(weight.clone(), QMatMul::from_arc(weight)?)
@@ -164,12 +160,12 @@ impl Linear {
                 gemm(w.dequantize(x.device())?)?
             }
             Weight::Candle(_, qmm) => qmm.forward(x)?,
-            Weight::Q5(m) if rows >= GEMM_MIN_ROWS => gemm(Tensor::from_vec(
+            Weight::Own(m) if rows >= GEMM_MIN_ROWS => gemm(Tensor::from_vec(
                 m.dequantize(),
                 (m.rows(), m.cols()),
                 x.device(),
             )?)?,
-            Weight::Q5(m) => x.contiguous()?.apply_op1_no_bwd(m.as_ref())?,
+            Weight::Own(m) => x.contiguous()?.apply_op1_no_bwd(&MatVec(m.as_ref()))?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
