@@ -165,9 +165,9 @@ fn a_broken_controller_file_is_a_clear_error() {
     assert!(e.to_string().contains("cannot read"), "{e}");
 }
 
-/// Receipt 001's transcribed lines (SROIE `box/001.csv`): the real lines of a real receipt.
-fn transcribed() -> Vec<Finding> {
-    let gt = common::read_gt(&common::eval_dir("sroie-dev").join("box/001.csv"));
+/// A receipt's transcribed lines (SROIE `box/NNN.csv`): the real lines of a real receipt.
+fn transcribed(receipt: &str) -> Vec<Finding> {
+    let gt = common::read_gt(&common::eval_dir("sroie-dev").join(format!("box/{receipt}.csv")));
     gt.into_iter()
         .map(|l| Finding {
             bbox: l.bbox,
@@ -178,33 +178,50 @@ fn transcribed() -> Vec<Finding> {
         .collect()
 }
 
+/// Asks "What is the date?" over a receipt's transcribed lines with a controller configured
+/// by `tune`.
+fn ask_date(
+    receipt: &str,
+    lines: fn() -> Vec<Finding>,
+    tune: impl FnOnce(&mut EmbeddedConfig),
+) -> p2g::orchestrator::Answer {
+    let mut cfg = EmbeddedConfig::new(Prompts::embedded().unwrap());
+    tune(&mut cfg);
+    let c = EmbeddedController::load(
+        ControllerChoice::Qwen,
+        &ModelSource::Store(Store::open_default().unwrap()),
+        cfg,
+    )
+    .unwrap();
+    let o = Orchestrator::builder()
+        .controller(c)
+        .agent(FixedLines(lines))
+        .build()
+        .unwrap();
+    let p = common::eval_dir("sroie-dev").join(format!("img/{receipt}.jpg"));
+    let img = Image::open(&p, &LoadOptions::default()).unwrap();
+    let mut s = o.session(img, &p);
+    common::rt()
+        .block_on(s.ask("What is the date?", AskOptions::default()))
+        .unwrap()
+}
+
 /// The receipt's date line is "19/10/2018 20:49:59 #01". Qwen writes numbers digit by digit
 /// and, left alone, would write the date as 2018-10-19: its first digit "2" starts only the
 /// time "20:49:59" in the evidence, so copying from the greedy first token alone answers with
 /// (part of) the time. Continuing several first tokens and keeping the likeliest whole copy
-/// answers with the date as printed.
+/// answers with the date as printed. (Answer shapes are off here: they would hide the case.)
 #[test]
 fn copied_answers_are_chosen_as_a_whole_not_by_their_first_digit() {
     let ask = |alternatives: usize| {
-        let mut cfg = EmbeddedConfig::new(Prompts::embedded().unwrap());
-        cfg.copy_alternatives = alternatives;
-        let c = EmbeddedController::load(
-            ControllerChoice::Qwen,
-            &ModelSource::Store(Store::open_default().unwrap()),
-            cfg,
+        ask_date(
+            "001",
+            || transcribed("001"),
+            |cfg| {
+                cfg.copy_alternatives = alternatives;
+                cfg.prompts.shapes.clear();
+            },
         )
-        .unwrap();
-        let o = Orchestrator::builder()
-            .controller(c)
-            .agent(FixedLines(transcribed))
-            .build()
-            .unwrap();
-        let p = common::eval_dir("sroie-dev").join("img/001.jpg");
-        let img = Image::open(&p, &LoadOptions::default()).unwrap();
-        let mut s = o.session(img, &p);
-        common::rt()
-            .block_on(s.ask("What is the date?", AskOptions::default()))
-            .unwrap()
     };
     let a = ask(4);
     assert_eq!(a.answer, "19/10/2018", "{a:?}");
@@ -214,5 +231,24 @@ fn copied_answers_are_chosen_as_a_whole_not_by_their_first_digit() {
     assert_ne!(
         greedy.answer, "19/10/2018",
         "the case no longer needs the search: {greedy:?}"
+    );
+}
+
+/// Receipt 005's date line is "09/01/2019 8:01:11 PM": copying freely, the model goes on past
+/// the date into the time; with the date shape the answer is the date alone, cited.
+#[test]
+fn a_date_question_is_answered_with_the_date_not_its_line() {
+    let shaped = ask_date("005", || transcribed("005"), |_| {});
+    assert_eq!(shaped.answer, "09/01/2019", "{shaped:?}");
+    assert_eq!(shaped.grounding.len(), 1, "{shaped:?}");
+    assert_eq!(shaped.grounding[0].phrase, "09/01/2019");
+    let free = ask_date(
+        "005",
+        || transcribed("005"),
+        |cfg| cfg.prompts.shapes.clear(),
+    );
+    assert_ne!(
+        free.answer, "09/01/2019",
+        "the case no longer needs the shape: {free:?}"
     );
 }

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
+use super::shapes::{shape_for, AnswerShape};
 use super::{Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext};
 use crate::agents::BoxFuture;
 use crate::models::{ModelSource, Store};
@@ -182,6 +183,10 @@ impl Controller for EmbeddedController {
             let tools: Vec<String> = conv.tools.iter().map(|t| t.name.clone()).collect();
             let regions = conv.regions.clone();
             let must_answer = conv.must_answer;
+            let question = conv.turns.iter().rev().find_map(|t| match t {
+                super::Turn::Question { text, .. } => Some(text.clone()),
+                _ => None,
+            });
             let observed = conv
                 .turns
                 .iter()
@@ -193,7 +198,14 @@ impl Controller for EmbeddedController {
                 s.set_cancel_flag(ctx.cancel.clone());
                 s.set_prompt(&tokens);
                 let result = if cfg.constrained {
-                    constrained_step(&mut s, &cfg, &tools, &regions, must_answer, observed, &ctx)
+                    let step = StepInput {
+                        tools: &tools,
+                        regions: &regions,
+                        question: question.as_deref(),
+                        must_answer,
+                        observed,
+                    };
+                    constrained_step(&mut s, &cfg, &step, &ctx)
                 } else {
                     free_step(&mut s, &cfg, &tools, &ctx)
                 };
@@ -315,15 +327,94 @@ impl From<LlmError> for StepFailure {
 /// if not, it is answering, and the answer is written as a call of the answer tool: text first
 /// (its natural next words), then the ids of the regions it copied from, chosen among those
 /// that exist — after writing "9.00", pointing at the line that says "9.00" is easy.
+/// What a copied answer may be: `copy_search` asks it about every token.
+trait CopyConstraint {
+    /// Whether a copy may begin with `t` (a first token).
+    fn begins(&self, t: &[u8]) -> bool;
+    /// Whether the copy may be `t` so far (`closes`: and end there).
+    fn allows(&self, t: &[u8], closes: bool) -> bool;
+}
+
+impl CopyConstraint for CopySource {
+    fn begins(&self, t: &[u8]) -> bool {
+        self.has_at_word(t)
+    }
+
+    fn allows(&self, t: &[u8], _closes: bool) -> bool {
+        self.has_at_word(t)
+    }
+}
+
+/// The spans of the evidence with a question's answer shape (JSON-escaped, as the answer
+/// string holds them), each with its region: a copy must be one of them, whole.
+struct ShapedSpans {
+    spans: Vec<(Vec<u8>, String)>,
+}
+
+impl ShapedSpans {
+    fn new(regions: &[(String, String)], shape: &AnswerShape) -> Self {
+        let mut spans: Vec<(Vec<u8>, String)> = Vec::new();
+        for (id, text) in regions {
+            let esc = serde_json::to_string(text).unwrap_or_default();
+            let esc = esc.trim_start_matches('"').trim_end_matches('"');
+            for (a, b) in shape.spans(esc) {
+                let t = esc.as_bytes()[a..b].to_vec();
+                if !spans.iter().any(|(s, _)| *s == t) {
+                    spans.push((t, id.clone()));
+                }
+            }
+        }
+        Self { spans }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn regions_of(&self, t: &[u8]) -> Vec<String> {
+        self.spans
+            .iter()
+            .find(|(s, _)| s == t)
+            .map(|(_, id)| vec![id.clone()])
+            .unwrap_or_default()
+    }
+}
+
+impl CopyConstraint for ShapedSpans {
+    fn begins(&self, t: &[u8]) -> bool {
+        self.allows(t, false)
+    }
+
+    fn allows(&self, t: &[u8], closes: bool) -> bool {
+        self.spans
+            .iter()
+            .any(|(s, _)| if closes { s == t } else { s.starts_with(t) })
+    }
+}
+
+/// What one constrained step is decided on, besides the prompt.
+struct StepInput<'a> {
+    tools: &'a [String],
+    regions: &'a [(String, String)],
+    /// The question being answered (for its answer shape).
+    question: Option<&'a str>,
+    must_answer: bool,
+    observed: bool,
+}
+
 fn constrained_step(
     s: &mut Session,
     cfg: &EmbeddedConfig,
-    tools: &[String],
-    regions: &[(String, String)],
-    must_answer: bool,
-    observed: bool,
+    input: &StepInput<'_>,
     ctx: &StepContext,
 ) -> Result<(Decision, String), StepFailure> {
+    let StepInput {
+        tools,
+        regions,
+        must_answer,
+        observed,
+        ..
+    } = *input;
     let answer = cfg.prompts.answer_tool.name.clone();
     // A text controller knows nothing of the image before a tool has looked at it: answering
     // then could only be a guess, so its first step is a call.
@@ -352,20 +443,33 @@ fn constrained_step(
             }
         };
         let source = CopySource::new(regions);
-        // Copy mode when the model's own next words start a word of the evidence: the text
-        // is then copied from the evidence by construction (a small model otherwise
+        // A question with an answer shape (a date, an amount) whose shape occurs in the
+        // evidence is answered with one of those spans, whatever the model's first token.
+        let shaped = input
+            .question
+            .filter(|_| cfg.copy_answers)
+            .and_then(|q| shape_for(&cfg.prompts.shapes, q))
+            .map(|shape| ShapedSpans::new(regions, shape))
+            .filter(|spans| !spans.is_empty());
+        let mut copy = None;
+        if let Some(spans) = &shaped {
+            copy = copy_search(s, cfg, spans)?.map(|(body, closed)| {
+                let cited = spans.regions_of(body.as_bytes());
+                (body, closed, cited)
+            });
+        }
+        // Otherwise copy mode when the model's own next words start a word of the evidence:
+        // the text is then copied from the evidence by construction (a small model otherwise
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
-        let first = s.peek()?;
-        let copying = cfg.copy_answers && source.starts_with_word(&first);
-        let copy = if copying {
-            copy_search(s, cfg, &source)?
-        } else {
-            None
-        };
+        if copy.is_none() && cfg.copy_answers && source.starts_with_word(&s.peek()?) {
+            copy = copy_search(s, cfg, &source)?.map(|(body, closed)| {
+                let cited = source.regions_of(body.as_bytes());
+                (body, closed, cited)
+            });
+        }
         let copying = copy.is_some();
-        let (body, closed, mut cited) = if let Some((body, closed)) = copy {
+        let (body, closed, mut cited) = if let Some((body, closed, cited)) = copy {
             stream(&body);
-            let cited = source.regions_of(body.as_bytes());
             (body, closed, cited)
         } else {
             let (body, closed) = s.free_string(cfg.max_answer_tokens, |_, _, _| true, stream)?;
@@ -472,14 +576,14 @@ fn constrained_step(
 fn copy_search(
     s: &mut Session,
     cfg: &EmbeddedConfig,
-    source: &CopySource,
+    source: &dyn CopyConstraint,
 ) -> Result<Option<(String, bool)>, StepFailure> {
     let lm = s.model().clone();
     let mark = s.mark()?;
     let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
         lm.is_plain(id, bytes)
             && !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-            && source.has_at_word(bytes)
+            && source.begins(bytes)
     })?;
     // (log-probability, text, closed, tokens)
     let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
@@ -499,11 +603,11 @@ fn copy_search(
         let head = lm.token_bytes(id).to_vec();
         let copied = s.free_string(
             cfg.max_answer_tokens.saturating_sub(1),
-            |so_far, piece, _| {
+            |so_far, piece, closes| {
                 let mut t = head.clone();
                 t.extend_from_slice(so_far);
                 t.extend_from_slice(piece);
-                source.has_at_word(&t)
+                source.allows(&t, closes)
             },
             |_| {},
         );

@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod llm;
 pub mod parse;
 pub mod prompt;
+pub mod shapes;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

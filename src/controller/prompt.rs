@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::shapes::{parse_shapes, AnswerShape};
 use super::{ControllerError, Conversation, Turn};
 use crate::agents::ToolDefinition;
 
@@ -15,6 +16,7 @@ const REPAIR: &str = include_str!("../../prompts/repair.md");
 const TOOLS: &str = include_str!("../../prompts/tools.md");
 const ANSWER_TOOL: &str = include_str!("../../prompts/answer_tool.json");
 const REMINDER: &str = include_str!("../../prompts/reminder.md");
+const ANSWER_SHAPES: &str = include_str!("../../prompts/answer_shapes.toml");
 
 /// The controller's templates.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,8 @@ pub struct Prompts {
     /// Restates the question after the evidence (empty: not restated).
     pub reminder: String,
     pub answer_tool: ToolDefinition,
+    /// What dates, times and amounts look like (`answer_shapes.toml`).
+    pub shapes: Vec<AnswerShape>,
 }
 
 fn bad(name: &str, reason: impl ToString) -> ControllerError {
@@ -46,6 +50,7 @@ impl Prompts {
             reminder: REMINDER.into(),
             answer_tool: serde_json::from_str(ANSWER_TOOL)
                 .map_err(|e| bad("answer_tool.json", e))?,
+            shapes: parse_shapes(ANSWER_SHAPES).map_err(|e| bad("answer_shapes.toml", e))?,
         })
     }
 
@@ -75,6 +80,11 @@ impl Prompts {
         if !answer.is_empty() {
             p.answer_tool =
                 serde_json::from_str(&answer).map_err(|e| bad("answer_tool.json", e))?;
+        }
+        let mut shapes = String::new();
+        read("answer_shapes.toml", &mut shapes)?;
+        if dir.join("answer_shapes.toml").is_file() {
+            p.shapes = parse_shapes(&shapes).map_err(|e| bad("answer_shapes.toml", e))?;
         }
         // Fail now, not at the first question.
         for (name, t) in [

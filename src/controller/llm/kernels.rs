@@ -115,8 +115,12 @@ impl QMatrix {
                     let d = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
                     match self.format {
                         QFormat::Q5_0 => {
-                            for (j, o) in ob.iter_mut().enumerate() {
-                                *o = q5_weight(blk, j) as f32 * d;
+                            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                            for (j, &q) in blk[6..22].iter().enumerate() {
+                                let lo = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+                                let hi = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+                                ob[j] = (lo as i32 - 16) as f32 * d;
+                                ob[j + 16] = (hi as i32 - 16) as f32 * d;
                             }
                         }
                         QFormat::Q8_0 => {
