@@ -573,6 +573,19 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// A deterministic weight matrix and activation row.
+    fn fixture(rows: usize, cols: usize) -> (Tensor, Vec<f32>) {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
+        let wt = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+        (wt, (0..cols).map(|i| (i as f32 * 0.37).sin()).collect())
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     /// Every kernel this CPU can run agrees with the scalar reference and with f32 products
     /// of candle's dequantised weights; 7 blocks per row so the two-block kernels take their
     /// odd tail too.
@@ -580,23 +593,13 @@ mod tests {
     fn kernels_match_dequantised_weights() {
         let dev = Device::Cpu;
         let (rows, cols) = (70, 7 * QK);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
-            .collect();
-        let wt = Tensor::from_vec(w, (rows, cols), &dev).unwrap();
-        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (wt, x) = fixture(rows, cols);
         for (ggml, format) in [
             (GgmlDType::Q5_0, QFormat::Q5_0),
             (GgmlDType::Q8_0, QFormat::Q8_0),
         ] {
             let q = QTensor::quantize(&wt, ggml).unwrap();
-            let deq: Vec<f32> = q
-                .dequantize(&dev)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let deq = flat(&q.dequantize(&dev).unwrap());
             let m = QMatrix::new(format, rows, cols, q.data().unwrap().into_owned()).unwrap();
             assert_eq!(m.dequantize(), deq, "{format:?}");
             let mut y = vec![0f32; rows];
@@ -633,11 +636,7 @@ mod tests {
         use candle_core::Module;
         let dev = Device::Cpu;
         let (rows, cols) = (40, 512);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
-            .collect();
-        let wt = Tensor::from_vec(w, (rows, cols), &dev).unwrap();
-        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (wt, x) = fixture(rows, cols);
         let xt = Tensor::from_vec(x.clone(), (1, cols), &dev).unwrap();
         for ggml in [GgmlDType::Q4K, GgmlDType::Q6K] {
             let q = QTensor::quantize(&wt, ggml).unwrap();
@@ -646,29 +645,10 @@ mod tests {
                 GgmlDType::Q4K => Box::new(KMatrix::<BlockQ4K>::new(rows, cols, &bytes).unwrap()),
                 _ => Box::new(KMatrix::<BlockQ6K>::new(rows, cols, &bytes).unwrap()),
             };
-            let deq: Vec<f32> = q
-                .dequantize(&dev)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let deq = flat(&q.dequantize(&dev).unwrap());
             assert_eq!(m.dequantize(), deq, "{ggml:?}");
-            let want: Vec<f32> = QMatMul::from_qtensor(q)
-                .unwrap()
-                .forward(&xt)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let got: Vec<f32> = xt
-                .apply_op1_no_bwd(&MatVec(m.as_ref()))
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let want = flat(&QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap());
+            let got = flat(&xt.apply_op1_no_bwd(&MatVec(m.as_ref())).unwrap());
             for (r, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() < 1e-3 * (1.0 + w.abs()),
