@@ -235,6 +235,17 @@ impl Controller for EmbeddedController {
     }
 }
 
+/// `t` as it appears inside a JSON string (what the answer string holds), without the quotes.
+fn json_escaped(t: &str) -> String {
+    let quoted = serde_json::to_string(t).unwrap_or_default();
+    // Strip exactly one quote each side: a text ending in `"` ends in `\""` here.
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The evidence texts an answer may be copied from: every region's text (JSON-escaped, as the
 /// answer string holds it) joined with spaces in region order, so a copy may run across
 /// consecutive lines (an address).
@@ -254,10 +265,8 @@ impl CopySource {
             if !text.is_empty() {
                 text.push(b' ');
             }
-            let esc = serde_json::to_string(t).unwrap_or_default();
-            let esc = esc.trim_start_matches('"').trim_end_matches('"');
             let start = text.len();
-            text.extend_from_slice(esc.as_bytes());
+            text.extend_from_slice(json_escaped(t).as_bytes());
             spans.push((start, text.len(), id.clone()));
         }
         let starts = (0..text.len())
@@ -321,18 +330,14 @@ impl From<LlmError> for StepFailure {
     }
 }
 
-/// One decision built under constraints; returns it with the text it amounts to.
-///
-/// The model first decides, as it was trained to, whether its turn opens with a tool call;
-/// if not, it is answering, and the answer is written as a call of the answer tool: text first
-/// (its natural next words), then the ids of the regions it copied from, chosen among those
-/// that exist — after writing "9.00", pointing at the line that says "9.00" is easy.
 /// What a copied answer may be: `copy_search` asks it about every token.
 trait CopyConstraint {
     /// Whether a copy may begin with `t` (a first token).
     fn begins(&self, t: &[u8]) -> bool;
     /// Whether the copy may be `t` so far (`closes`: and end there).
     fn allows(&self, t: &[u8], closes: bool) -> bool;
+    /// The regions the finished copy `t` came from.
+    fn regions_of(&self, t: &[u8]) -> Vec<String>;
 }
 
 impl CopyConstraint for CopySource {
@@ -342,6 +347,10 @@ impl CopyConstraint for CopySource {
 
     fn allows(&self, t: &[u8], _closes: bool) -> bool {
         self.has_at_word(t)
+    }
+
+    fn regions_of(&self, t: &[u8]) -> Vec<String> {
+        CopySource::regions_of(self, t)
     }
 }
 
@@ -355,9 +364,8 @@ impl ShapedSpans {
     fn new(regions: &[(String, String)], shape: &AnswerShape) -> Self {
         let mut spans: Vec<(Vec<u8>, String)> = Vec::new();
         for (id, text) in regions {
-            let esc = serde_json::to_string(text).unwrap_or_default();
-            let esc = esc.trim_start_matches('"').trim_end_matches('"');
-            for (a, b) in shape.spans(esc) {
+            let esc = json_escaped(text);
+            for (a, b) in shape.spans(&esc) {
                 let t = esc.as_bytes()[a..b].to_vec();
                 if !spans.iter().any(|(s, _)| *s == t) {
                     spans.push((t, id.clone()));
@@ -369,14 +377,6 @@ impl ShapedSpans {
 
     fn is_empty(&self) -> bool {
         self.spans.is_empty()
-    }
-
-    fn regions_of(&self, t: &[u8]) -> Vec<String> {
-        self.spans
-            .iter()
-            .find(|(s, _)| s == t)
-            .map(|(_, id)| vec![id.clone()])
-            .unwrap_or_default()
     }
 }
 
@@ -390,6 +390,14 @@ impl CopyConstraint for ShapedSpans {
             .iter()
             .any(|(s, _)| if closes { s == t } else { s.starts_with(t) })
     }
+
+    fn regions_of(&self, t: &[u8]) -> Vec<String> {
+        self.spans
+            .iter()
+            .find(|(s, _)| s == t)
+            .map(|(_, id)| vec![id.clone()])
+            .unwrap_or_default()
+    }
 }
 
 /// What one constrained step is decided on, besides the prompt.
@@ -402,6 +410,12 @@ struct StepInput<'a> {
     observed: bool,
 }
 
+/// One decision built under constraints; returns it with the text it amounts to.
+///
+/// The model first decides, as it was trained to, whether its turn opens with a tool call;
+/// if not, it is answering, and the answer is written as a call of the answer tool: text first
+/// (its natural next words), then the ids of the regions it copied from, chosen among those
+/// that exist — after writing "9.00", pointing at the line that says "9.00" is easy.
 fn constrained_step(
     s: &mut Session,
     cfg: &EmbeddedConfig,
@@ -453,19 +467,13 @@ fn constrained_step(
             .filter(|spans| !spans.is_empty());
         let mut copy = None;
         if let Some(spans) = &shaped {
-            copy = copy_search(s, cfg, spans)?.map(|(body, closed)| {
-                let cited = spans.regions_of(body.as_bytes());
-                (body, closed, cited)
-            });
+            copy = copy_search(s, cfg, spans)?;
         }
         // Otherwise copy mode when the model's own next words start a word of the evidence:
         // the text is then copied from the evidence by construction (a small model otherwise
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
         if copy.is_none() && cfg.copy_answers && source.starts_with_word(&s.peek()?) {
-            copy = copy_search(s, cfg, &source)?.map(|(body, closed)| {
-                let cited = source.regions_of(body.as_bytes());
-                (body, closed, cited)
-            });
+            copy = copy_search(s, cfg, &source)?;
         }
         let copying = copy.is_some();
         let (body, closed, mut cited) = if let Some((body, closed, cited)) = copy {
@@ -571,13 +579,13 @@ fn constrained_step(
 /// like to write starts the copy "20" (of the time "20:49:59"), while the copy that starts
 /// with "1" ("19/10/2018") is the one it then finds likely to the end.
 ///
-/// Returns the copied text (JSON-escaped, as written) and whether its string was closed, or
-/// `None` when no token starts a word of the evidence.
+/// Returns the copied text (JSON-escaped, as written), whether its string was closed and the
+/// regions it came from, or `None` when no allowed token starts a copy.
 fn copy_search(
     s: &mut Session,
     cfg: &EmbeddedConfig,
     source: &dyn CopyConstraint,
-) -> Result<Option<(String, bool)>, StepFailure> {
+) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
     let lm = s.model().clone();
     let mark = s.mark()?;
     let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
@@ -631,7 +639,8 @@ fn copy_search(
         s.rewind(&mark);
         s.push_tokens(&tokens);
     }
-    Ok(Some((text, closed)))
+    let cited = source.regions_of(text.as_bytes());
+    Ok(Some((text, closed, cited)))
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.
@@ -715,6 +724,13 @@ mod tests {
         ]);
         assert_eq!(src.regions_of(b"9.00"), ["r2"]);
         assert_eq!(src.regions_of(b"9.0"), ["r1"]);
+    }
+
+    #[test]
+    fn evidence_is_escaped_as_the_answer_string_holds_it() {
+        assert_eq!(json_escaped("9.00"), "9.00");
+        assert_eq!(json_escaped("say \"hi\""), "say \\\"hi\\\"");
+        assert_eq!(json_escaped(""), "");
     }
 
     #[test]

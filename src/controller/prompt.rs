@@ -81,9 +81,10 @@ impl Prompts {
             p.answer_tool =
                 serde_json::from_str(&answer).map_err(|e| bad("answer_tool.json", e))?;
         }
-        let mut shapes = String::new();
-        read("answer_shapes.toml", &mut shapes)?;
+        // Only a file that is there replaces the shapes: an empty one switches them off.
         if dir.join("answer_shapes.toml").is_file() {
+            let mut shapes = String::new();
+            read("answer_shapes.toml", &mut shapes)?;
             p.shapes = parse_shapes(&shapes).map_err(|e| bad("answer_shapes.toml", e))?;
         }
         // Fail now, not at the first question.

@@ -86,19 +86,13 @@ impl AnswerShape {
     /// word's end with or without its trailing `.,:;`.
     pub fn spans(&self, text: &str) -> Vec<(usize, usize)> {
         let b = text.as_bytes();
-        let mut words: Vec<(usize, usize)> = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i].is_ascii_whitespace() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            words.push((start, i));
-        }
+        let words: Vec<(usize, usize)> = text
+            .split_ascii_whitespace()
+            .map(|w| {
+                let start = w.as_ptr() as usize - text.as_ptr() as usize;
+                (start, start + w.len())
+            })
+            .collect();
         let mut out = Vec::new();
         for (w, &(ws, we)) in words.iter().enumerate() {
             // Inside a word, only the first digit after a prefix without digits ("RM", "Date:"):

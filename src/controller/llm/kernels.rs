@@ -10,11 +10,13 @@
 //! blocks, each block of 32 weights becomes one integer dot product (`maddubs`/`madd`) and
 //! one float multiply-add. With AVX-512 (BW/DQ) two blocks go through one 512-bit register
 //! and Q5_0's fifth bits are applied with a mask register instead of being spread into bytes
-//! (1.6x the AVX2 kernel on Q5_0 here, see BENCHMARKS.md); AVX2 is the fallback, then scalar.
+//! (on Q5_0 here 1.5x the first AVX2 kernel, 1.15x the AVX2 one with inline scales; see
+//! BENCHMARKS.md); AVX2 is the fallback, then scalar.
 //!
 //! The K-quants (Q4_K, Q5_K, Q6_K: the shipped GGUF's `ffn_down`) keep candle's block dot
 //! products, but [`KMatrix`] runs them row by row on the rayon pool too, so a decode step
-//! never wakes candle's second pool (its spinning threads cost ~7% of a token here).
+//! never wakes candle's second pool (its spinning worker competed with rayon's for the two
+//! cores: a few percent of a token here).
 
 use std::sync::Arc;
 
@@ -103,9 +105,39 @@ impl QMatrix {
         let n = self.cols / QK * self.format.block_bytes();
         &self.data[r * n..(r + 1) * n]
     }
+}
 
-    /// The matrix in f32 (rows x cols), for the GEMM path of long prefills.
-    pub fn dequantize(&self) -> Vec<f32> {
+/// Fills `y[r] = f(r)` on the rayon pool, 64 rows per task.
+fn par_rows(y: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+    y.par_chunks_mut(64).enumerate().for_each(|(c, out)| {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f(c * 64 + i);
+        }
+    });
+}
+
+/// A weight matrix with a matrix-vector kernel on the rayon pool and an f32 expansion for the
+/// GEMM path of long prefills.
+pub trait RowMatrix: std::fmt::Debug + Send + Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The matrix in f32 (rows x cols).
+    fn dequantize(&self) -> Vec<f32>;
+    /// y = W x for one activation row.
+    fn matvec(&self, x: &[f32], y: &mut [f32]);
+    fn name(&self) -> &'static str;
+}
+
+impl RowMatrix for QMatrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         let bb = self.format.block_bytes();
         out.par_chunks_mut(self.cols)
@@ -134,45 +166,10 @@ impl QMatrix {
         out
     }
 
-    /// y = W x for one activation row.
-    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+    fn matvec(&self, x: &[f32], y: &mut [f32]) {
         let xr = quantize_row(x);
         let (format, isa) = (self.format, isa());
-        y.par_chunks_mut(64).enumerate().for_each(|(c, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = dot(format, isa, self.row(c * 64 + i), &xr);
-            }
-        });
-    }
-}
-
-/// A weight matrix with a matrix-vector kernel on the rayon pool and an f32 expansion for the
-/// GEMM path of long prefills.
-pub trait RowMatrix: std::fmt::Debug + Send + Sync {
-    fn rows(&self) -> usize;
-    fn cols(&self) -> usize;
-    /// The matrix in f32 (rows x cols).
-    fn dequantize(&self) -> Vec<f32>;
-    /// y = W x for one activation row.
-    fn matvec(&self, x: &[f32], y: &mut [f32]);
-    fn name(&self) -> &'static str;
-}
-
-impl RowMatrix for QMatrix {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn cols(&self) -> usize {
-        self.cols
-    }
-
-    fn dequantize(&self) -> Vec<f32> {
-        QMatrix::dequantize(self)
-    }
-
-    fn matvec(&self, x: &[f32], y: &mut [f32]) {
-        QMatrix::matvec(self, x, y)
+        par_rows(y, |r| dot(format, isa, self.row(r), &xr));
     }
 
     fn name(&self) -> &'static str {
@@ -250,11 +247,7 @@ where
     fn matvec(&self, x: &[f32], y: &mut [f32]) {
         let mut xq = vec![T::VecDotType::zeros(); self.cols / T::VecDotType::BLCK_SIZE];
         T::VecDotType::from_float(x, &mut xq);
-        y.par_chunks_mut(64).enumerate().for_each(|(c, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = T::vec_dot(self.cols, self.row(c * 64 + i), &xq);
-            }
-        });
+        par_rows(y, |r| T::vec_dot(self.cols, self.row(r), &xq));
     }
 
     fn name(&self) -> &'static str {

@@ -507,7 +507,7 @@ impl Session {
             for chunk in pending.chunks(PREFILL_CHUNK) {
                 self.check_cancel()?;
                 let (model, cache) = (&self.lm.model, &mut self.cache);
-                // On a rayon worker: the Q5_0 products and candle-nn's norms, softmax and rope
+                // On a rayon worker: the quantised products and candle-nn's norms, softmax and rope
                 // split work across the rayon pool, and a caller outside it is one thread more
                 // than there are cores, competing with workers that spin between the ~170
                 // small products of a token (measured: decode 10.0 -> 10.8-11.0 tok/s).
