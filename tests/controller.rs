@@ -185,6 +185,16 @@ fn ask_date(
     lines: fn() -> Vec<Finding>,
     tune: impl FnOnce(&mut EmbeddedConfig),
 ) -> p2g::orchestrator::Answer {
+    ask_about(receipt, "What is the date?", lines, tune)
+}
+
+/// Asks `question` over a receipt's lines with a controller configured by `tune`.
+fn ask_about(
+    receipt: &str,
+    question: &str,
+    lines: fn() -> Vec<Finding>,
+    tune: impl FnOnce(&mut EmbeddedConfig),
+) -> p2g::orchestrator::Answer {
     let mut cfg = EmbeddedConfig::new(Prompts::embedded().unwrap());
     tune(&mut cfg);
     let c = EmbeddedController::load(
@@ -202,7 +212,7 @@ fn ask_date(
     let img = Image::open(&p, &LoadOptions::default()).unwrap();
     let mut s = o.session(img, &p);
     common::rt()
-        .block_on(s.ask("What is the date?", AskOptions::default()))
+        .block_on(s.ask(question, AskOptions::default()))
         .unwrap()
 }
 
@@ -249,6 +259,28 @@ fn a_date_question_is_answered_with_the_date_not_its_line() {
     );
     assert_ne!(
         free.answer, "09/01/2019",
+        "the case no longer needs the shape: {free:?}"
+    );
+}
+
+/// The company line of receipt 010 is "SAM SAM TRADING CO"; copying freely, the model answers
+/// with another copy (on p2g's own OCR, which splits the line, it stopped at "SAM SAM
+/// TRADING"). The company shape (`unit = "lines"`) holds the copy to whole lines, so the name
+/// comes out whole.
+#[test]
+fn a_company_name_is_copied_as_its_whole_line() {
+    let q = "What is the company name?";
+    let shaped = ask_about("010", q, || transcribed("010"), |_| {});
+    assert_eq!(shaped.answer, "SAM SAM TRADING CO", "{shaped:?}");
+    assert_eq!(shaped.grounding.len(), 1, "{shaped:?}");
+    let free = ask_about(
+        "007",
+        q,
+        || transcribed("007"),
+        |cfg| cfg.prompts.shapes.clear(),
+    );
+    assert_ne!(
+        free.answer, shaped.answer,
         "the case no longer needs the shape: {free:?}"
     );
 }

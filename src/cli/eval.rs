@@ -28,17 +28,44 @@ pub enum EvalCmd {
         /// Append every step of every question to FILE.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
+        /// Ask only these fields (comma-separated), in this order; the others are not scored.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELDS")]
+        fields: Vec<Field>,
         #[command(flatten)]
         args: LoopArgs,
     },
 }
 
-const FIELDS: [(&str, &str); 4] = [
-    ("company", "What is the company name?"),
-    ("date", "What is the date?"),
-    ("address", "What is the address?"),
-    ("total", "What is the total amount?"),
-];
+/// A key field of an SROIE receipt.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Company,
+    Date,
+    Address,
+    Total,
+}
+
+impl Field {
+    const ALL: [Field; 4] = [Field::Company, Field::Date, Field::Address, Field::Total];
+
+    fn key(self) -> &'static str {
+        match self {
+            Field::Company => "company",
+            Field::Date => "date",
+            Field::Address => "address",
+            Field::Total => "total",
+        }
+    }
+
+    fn question(self) -> &'static str {
+        match self {
+            Field::Company => "What is the company name?",
+            Field::Date => "What is the date?",
+            Field::Address => "What is the address?",
+            Field::Total => "What is the total amount?",
+        }
+    }
+}
 
 /// Upper case, no whitespace, no punctuation: "No. 5, Jalan" and "NO 5 JALAN" compare equal.
 pub fn normalise(s: &str) -> String {
@@ -72,13 +99,14 @@ struct QuestionResult {
     error: Option<String>,
 }
 
+/// Per-field scores; a field that was not asked (`--fields`) is `null`.
 #[derive(Serialize, Default)]
 struct Accuracy {
-    company: f64,
-    date: f64,
-    address: f64,
-    total: f64,
-    overall: f64,
+    company: Option<f64>,
+    date: Option<f64>,
+    address: Option<f64>,
+    total: Option<f64>,
+    overall: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -126,8 +154,14 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         json,
         limit,
         trace,
+        fields,
         args,
     } = cmd;
+    let fields: &[Field] = if fields.is_empty() {
+        &Field::ALL
+    } else {
+        &fields
+    };
     let mut items = receipts(&dir)?;
     if let Some(n) = limit {
         items.truncate(n);
@@ -135,6 +169,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
     let orch = build(&args, p2g::orchestrator::History::Evidence)?;
     let rt = super::setup::runtime()?;
     let mut results: Vec<QuestionResult> = Vec::new();
+    let mut receipts_read = 0usize;
     let mut out = std::io::stdout().lock();
     for (i, (name, img, key)) in items.iter().enumerate() {
         let keys: serde_json::Value = serde_json::from_str(
@@ -155,14 +190,16 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
             }
         };
         // One conversation per receipt: later questions reuse what the first one read.
+        receipts_read += 1;
         let mut session = orch.session(image, img);
         if let Some(t) = &trace {
             session.set_trace(p2g::trace::TraceSink::to_file(t)?);
         }
-        for (field, question) in FIELDS {
+        for &f in fields {
+            let field = f.key();
             let expected = keys[field].as_str().unwrap_or_default().to_string();
             let t0 = Instant::now();
-            let r = rt.block_on(session.ask(question, AskOptions::default()));
+            let r = rt.block_on(session.ask(f.question(), AskOptions::default()));
             let seconds = t0.elapsed().as_secs_f64();
             let (answer, steps, error) = match r {
                 Ok(a) => (a.answer, a.steps, None),
@@ -196,13 +233,16 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
             results.push(res);
         }
     }
-    let acc = |f: Option<&str>, sim: bool| -> f64 {
+    let acc = |f: Option<Field>, sim: bool| -> Option<f64> {
+        if f.is_some_and(|f| !fields.contains(&f)) {
+            return None;
+        }
         let sel: Vec<&QuestionResult> = results
             .iter()
-            .filter(|r| f.is_none_or(|f| r.field == f))
+            .filter(|r| f.is_none_or(|f| r.field == f.key()))
             .collect();
         if sel.is_empty() {
-            return 0.0;
+            return Some(0.0);
         }
         let total: f64 = sel
             .iter()
@@ -214,13 +254,13 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
                 }
             })
             .sum();
-        total / sel.len() as f64
+        Some(total / sel.len() as f64)
     };
     let summarise = |sim: bool| Accuracy {
-        company: acc(Some("company"), sim),
-        date: acc(Some("date"), sim),
-        address: acc(Some("address"), sim),
-        total: acc(Some("total"), sim),
+        company: acc(Some(Field::Company), sim),
+        date: acc(Some(Field::Date), sim),
+        address: acc(Some(Field::Address), sim),
+        total: acc(Some(Field::Total), sim),
         overall: acc(None, sim),
     };
     let mut secs: Vec<f64> = results.iter().map(|r| r.seconds).collect();
@@ -233,7 +273,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         (secs[secs.len() / 2 - 1] + secs[secs.len() / 2]) / 2.0
     };
     let summary = Summary {
-        n: results.len() / FIELDS.len(),
+        n: receipts_read,
         accuracy: summarise(false),
         similarity: summarise(true),
         median_s,
@@ -263,7 +303,9 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
                 summary.similarity.overall,
             ),
         ] {
-            writeln!(out, "{f:<9} {a:>8.3} {s:>10.3}")?;
+            if let (Some(a), Some(s)) = (a, s) {
+                writeln!(out, "{f:<9} {a:>8.3} {s:>10.3}")?;
+            }
         }
         writeln!(out, "median seconds per question: {median_s:.2}")?;
     }

@@ -355,23 +355,22 @@ impl CopyConstraint for CopySource {
 }
 
 /// The spans of the evidence with a question's answer shape (JSON-escaped, as the answer
-/// string holds them), each with its region: a copy must be one of them, whole.
+/// string holds them), each with the regions it covers: a copy must be one of them, whole.
 struct ShapedSpans {
-    spans: Vec<(Vec<u8>, String)>,
+    spans: Vec<(Vec<u8>, Vec<String>)>,
 }
 
 impl ShapedSpans {
     fn new(regions: &[(String, String)], shape: &AnswerShape) -> Self {
-        let mut spans: Vec<(Vec<u8>, String)> = Vec::new();
-        for (id, text) in regions {
-            let esc = json_escaped(text);
-            for (a, b) in shape.spans(&esc) {
-                let t = esc.as_bytes()[a..b].to_vec();
-                if !spans.iter().any(|(s, _)| *s == t) {
-                    spans.push((t, id.clone()));
-                }
-            }
-        }
+        let lines: Vec<String> = regions.iter().map(|(_, t)| json_escaped(t)).collect();
+        let spans = shape
+            .find(&lines)
+            .into_iter()
+            .map(|span| {
+                let ids = regions[span.lines].iter().map(|(id, _)| id.clone());
+                (span.text.into_bytes(), ids.collect())
+            })
+            .collect();
         Self { spans }
     }
 
@@ -395,7 +394,7 @@ impl CopyConstraint for ShapedSpans {
         self.spans
             .iter()
             .find(|(s, _)| s == t)
-            .map(|(_, id)| vec![id.clone()])
+            .map(|(_, ids)| ids.clone())
             .unwrap_or_default()
     }
 }
@@ -622,6 +621,13 @@ fn copy_search(
         s.give_up_below(f64::NEG_INFINITY);
         let (rest, closed) = copied?;
         let total = s.take_logprob();
+        tracing::debug!(
+            copy = %format_args!("{}{rest}", String::from_utf8_lossy(&head)),
+            closed,
+            logprob = total,
+            first_logprob = first_lp,
+            "copy candidate"
+        );
         // A copy that was given up (or ran out of tokens) only counts when nothing else does.
         let counts = best
             .as_ref()

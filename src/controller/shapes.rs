@@ -1,15 +1,31 @@
-//! Answer shapes: what kind of text a question asks for (a date, a time, an amount), so that
-//! a copied answer can be held to spans of the evidence with that shape.
+//! Answer shapes: what kind of text a question asks for (a date, a time, an amount, a name
+//! printed on a line of its own, an address of several lines), so that a copied answer can be
+//! held to spans of the evidence with that shape.
 //!
 //! Why: a 0.5B controller that is asked for "the date" and copies from the line
 //! `09/01/2019 8:01:11 PM` keeps copying past the date, and asked for "the total" it sometimes
-//! starts at a time or a phone number. The model still chooses *which* span; the shape only
-//! rules out spans that cannot be what was asked. Shapes live in `prompts/answer_shapes.toml`
+//! starts at a time or a phone number. Asked for an address printed over four lines, it stops
+//! at the end of the first; asked for a company name, it starts in the middle of the line. The
+//! model still chooses *which* span; the shape only rules out spans that cannot be what was
+//! asked. Shapes live in `prompts/answer_shapes.toml`
 //! (embedded, overridable with `--prompts DIR`), so a user can add their own or switch them
 //! off with an empty file.
 
+use std::ops::Range;
+
 use regex::Regex;
 use serde::Deserialize;
+
+/// What a span of a shape is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Consecutive words of one line (a date, an amount).
+    #[default]
+    Words,
+    /// Consecutive whole lines, joined with a space (a name, an address).
+    Lines,
+}
 
 /// One shape: which questions it applies to and what an answer to them looks like.
 #[derive(Debug, Clone)]
@@ -18,8 +34,9 @@ pub struct AnswerShape {
     question: Regex,
     /// `answer`, anchored at both ends.
     answer: Regex,
-    /// Longest span, in words.
-    pub max_words: usize,
+    pub unit: Unit,
+    /// Longest span, in units (words or lines).
+    pub max_len: usize,
 }
 
 impl PartialEq for AnswerShape {
@@ -27,8 +44,16 @@ impl PartialEq for AnswerShape {
         self.name == other.name
             && self.question.as_str() == other.question.as_str()
             && self.answer.as_str() == other.answer.as_str()
-            && self.max_words == other.max_words
+            && self.unit == other.unit
+            && self.max_len == other.max_len
     }
+}
+
+/// A span of the evidence with a shape: its text and the lines it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub text: String,
+    pub lines: Range<usize>,
 }
 
 #[derive(Deserialize)]
@@ -44,12 +69,10 @@ struct ShapeEntry {
     name: String,
     question: String,
     answer: String,
-    #[serde(default = "default_max_words")]
-    max_words: usize,
-}
-
-fn default_max_words() -> usize {
-    3
+    #[serde(default)]
+    unit: Unit,
+    max_words: Option<usize>,
+    max_lines: Option<usize>,
 }
 
 /// Parses `answer_shapes.toml`; the error says which shape and pattern is wrong.
@@ -62,14 +85,38 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                 Regex::new(pattern)
                     .map_err(|err| format!("shape `{}`: bad `{what}` pattern: {err}", e.name))
             };
-            if e.max_words == 0 {
-                return Err(format!("shape `{}`: max_words must be at least 1", e.name));
+            let (max_len, key, other) = match e.unit {
+                Unit::Words => (
+                    e.max_words.unwrap_or(3),
+                    "max_words",
+                    e.max_lines.map(|_| "max_lines"),
+                ),
+                Unit::Lines => (
+                    e.max_lines.unwrap_or(1),
+                    "max_lines",
+                    e.max_words.map(|_| "max_words"),
+                ),
+            };
+            if let Some(other) = other {
+                return Err(format!(
+                    "shape `{}`: {other} does not apply to unit = \"{}\" (use {key})",
+                    e.name,
+                    if e.unit == Unit::Words {
+                        "words"
+                    } else {
+                        "lines"
+                    }
+                ));
+            }
+            if max_len == 0 {
+                return Err(format!("shape `{}`: {key} must be at least 1", e.name));
             }
             Ok(AnswerShape {
                 question: compile("question", &e.question)?,
                 answer: compile("answer", &format!("^(?:{})$", e.answer))?,
                 name: e.name,
-                max_words: e.max_words,
+                unit: e.unit,
+                max_len,
             })
         })
         .collect()
@@ -81,6 +128,45 @@ pub fn shape_for<'a>(shapes: &'a [AnswerShape], question: &str) -> Option<&'a An
 }
 
 impl AnswerShape {
+    /// The spans of `lines` (in reading order) with this shape, each once, first occurrence
+    /// first.
+    pub fn find(&self, lines: &[String]) -> Vec<Span> {
+        let mut out: Vec<Span> = Vec::new();
+        let mut push = |text: String, lines: Range<usize>| {
+            if !out.iter().any(|s| s.text == text) {
+                out.push(Span { text, lines });
+            }
+        };
+        match self.unit {
+            Unit::Words => {
+                for (i, line) in lines.iter().enumerate() {
+                    for (a, b) in self.spans(line) {
+                        push(line[a..b].to_string(), i..i + 1);
+                    }
+                }
+            }
+            Unit::Lines => {
+                for start in 0..lines.len() {
+                    let mut text = String::new();
+                    for end in start + 1..=(start + self.max_len).min(lines.len()) {
+                        let line = lines[end - 1].trim();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if !text.is_empty() {
+                            text.push(' ');
+                        }
+                        text.push_str(line);
+                        if self.answer.is_match(&text) {
+                            push(text.clone(), start..end);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Byte ranges of `text` that have this shape: up to `max_words` consecutive words,
     /// starting at a word or at its first digit after a prefix ("RM9.00"), ending at a
     /// word's end with or without its trailing `.,:;`.
@@ -100,7 +186,7 @@ impl AnswerShape {
             let first_digit = (ws..we).find(|&p| b[p].is_ascii_digit());
             let starts = std::iter::once(ws).chain(first_digit.filter(|&p| p > ws));
             for s in starts {
-                for &(_, end) in words.iter().skip(w).take(self.max_words) {
+                for &(_, end) in words.iter().skip(w).take(self.max_len) {
                     let trimmed = s + text[s..end].trim_end_matches(['.', ',', ':', ';']).len();
                     for e in [end, trimmed] {
                         if e > s
@@ -140,8 +226,10 @@ mod tests {
         assert_eq!(name("What is the date?"), Some("date"));
         assert_eq!(name("What is the total amount?"), Some("amount"));
         assert_eq!(name("What time was it paid?"), Some("time"));
-        assert_eq!(name("What is the company name?"), None);
-        assert_eq!(name("What is the address?"), None);
+        assert_eq!(name("What is the company name?"), Some("company"));
+        assert_eq!(name("What is the name of the store?"), Some("company"));
+        assert_eq!(name("What is the store's address?"), None);
+        assert_eq!(name("What is the store's phone number?"), None);
     }
 
     #[test]
@@ -174,6 +262,42 @@ mod tests {
     }
 
     #[test]
+    fn line_spans_are_runs_of_whole_lines() {
+        let address = &parse_shapes(
+            "[[shape]]\nname = \"a\"\nquestion = \"address\"\nanswer = '.*\\d.*'\nunit = \"lines\"\nmax_lines = 5\n",
+        )
+        .unwrap()[0];
+        let lines: Vec<String> = [
+            "ACME SDN BHD",
+            "NO. 5, JALAN SAGU",
+            "TAMAN DAYA",
+            "",
+            "TOTAL",
+        ]
+        .map(String::from)
+        .to_vec();
+        let found = address.find(&lines);
+        let texts: Vec<&str> = found.iter().map(|s| s.text.as_str()).collect();
+        // Every run of up to five non-empty lines with a digit in it; never a part of a line,
+        // never across the empty line.
+        assert_eq!(
+            texts,
+            [
+                "ACME SDN BHD NO. 5, JALAN SAGU",
+                "ACME SDN BHD NO. 5, JALAN SAGU TAMAN DAYA",
+                "NO. 5, JALAN SAGU",
+                "NO. 5, JALAN SAGU TAMAN DAYA",
+            ]
+        );
+        assert_eq!(found[1].lines, 0..3);
+        let shapes = embedded();
+        let company = shapes.iter().find(|s| s.name == "company").unwrap();
+        let found = company.find(&lines[..2]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().all(|s| s.lines.len() <= 2));
+    }
+
+    #[test]
     fn bad_shapes_are_refused_with_their_name() {
         let bad = "[[shape]]\nname = \"x\"\nquestion = \"(\"\nanswer = \"a\"\n";
         let err = parse_shapes(bad).unwrap_err();
@@ -183,5 +307,9 @@ mod tests {
         );
         assert!(parse_shapes("").unwrap().is_empty());
         assert!(parse_shapes("[[shape]]\nname = \"x\"\n").is_err());
+        let words_with_lines =
+            "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\nmax_lines = 2\n";
+        let err = parse_shapes(words_with_lines).unwrap_err();
+        assert!(err.contains("max_lines"), "{err}");
     }
 }
