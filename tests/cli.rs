@@ -219,6 +219,87 @@ fn ask_and_trace_errors_are_one_line() {
     assert!(err.contains("bad.jsonl:1: not a trace event"), "{err}");
 }
 
+/// `p2g eval sroie` on a one-receipt folder (the fixture is SROIE receipt 000), two fields:
+/// one JSON line per question, then the summary, the fields not asked `null`.
+#[test]
+fn eval_scores_the_asked_fields_and_prints_the_documented_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("img")).unwrap();
+    std::fs::create_dir_all(dir.path().join("key")).unwrap();
+    std::fs::copy(
+        common::fixture("receipt.jpg"),
+        dir.path().join("img/000.jpg"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("key/000.json"),
+        r#"{"company": "BOOK TA .K (TAMAN DAYA) SDN BHD", "date": "25/12/2018", "address": "-", "total": "9.00"}"#,
+    )
+    .unwrap();
+    let out = p2g()
+        .args(["eval", "sroie", "--json", "--fields", "date,total"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (q, field) in lines.iter().zip(["date", "total"]) {
+        assert_eq!(
+            sorted_keys(q),
+            [
+                "answer",
+                "correct",
+                "error",
+                "expected",
+                "field",
+                "receipt",
+                "seconds",
+                "similarity",
+                "steps"
+            ]
+        );
+        assert_eq!(q["field"], field);
+        assert_eq!(q["receipt"], "000");
+    }
+    assert_eq!(lines[0]["answer"], "25/12/2018", "{stdout}");
+    assert_eq!(lines[0]["correct"], true);
+    let summary = &lines[2];
+    assert_eq!(
+        sorted_keys(summary),
+        ["accuracy", "median_s", "n", "similarity"]
+    );
+    assert_eq!(summary["n"], 1);
+    let acc = &summary["accuracy"];
+    assert_eq!(
+        sorted_keys(acc),
+        ["address", "company", "date", "overall", "total"]
+    );
+    assert!(
+        acc["company"].is_null() && acc["address"].is_null(),
+        "{acc}"
+    );
+    assert_eq!(acc["date"], 1.0);
+    assert!(acc["overall"].as_f64().unwrap() >= 0.5, "{acc}");
+
+    let out = p2g()
+        .args(["eval", "sroie"])
+        .arg(dir.path().join("img"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an SROIE-layout folder"), "{err}");
+}
+
 #[test]
 fn the_repl_answers_piped_questions_and_commands() {
     use std::io::Write;
