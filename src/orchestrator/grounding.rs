@@ -98,7 +98,7 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence) -> Ground
         joined.push_str(&r.text);
         owners.push((start, joined.len(), i));
     }
-    let best = best_span(text, &joined);
+    let best = exact_quote(text, &joined).or_else(|| best_span(text, &joined));
     match best {
         Some((s, e, sim)) if sim >= COPY_MIN_SIMILARITY && !text.trim().is_empty() => {
             let span = joined[s..e].to_string();
@@ -189,6 +189,26 @@ fn words(s: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Where `needle` (trimmed) occurs in `hay` exactly and ends where a word ends (before a space,
+/// the end, or trailing `.,:;` and then one of those): (start, end, 1.0).
+///
+/// Why: an answer copied from part of a word is already grounded and must stay as copied —
+/// the amount "8.20" out of the OCR's "S8.20" (a misread "$8.20"), the date out of
+/// "Date:25/12/2018". Widening it to whole words would undo the copy. An answer that stops
+/// inside a word ("9.0" of "9.00") is not a quote of it and goes to [`best_span`].
+fn exact_quote(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
+    let n = needle.trim();
+    if n.is_empty() {
+        return None;
+    }
+    hay.match_indices(n).find_map(|(s, _)| {
+        let e = s + n.len();
+        let rest = hay[e..].trim_start_matches(['.', ',', ':', ';']);
+        let ends_word = rest.is_empty() || rest.starts_with(char::is_whitespace);
+        ends_word.then_some((s, e, 1.0))
+    })
+}
+
 /// The span of whole words of `hay` most similar to `needle`: (start, end, similarity).
 pub fn best_span(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
     let n: Vec<char> = needle.trim().to_lowercase().chars().collect();
@@ -277,6 +297,29 @@ mod tests {
             linked_text(&g.text, &g.grounding),
             "[25/12/2018](5,50,300,70)"
         );
+    }
+
+    #[test]
+    fn exact_quotes_stay_as_copied() {
+        let mut e = Evidence::default();
+        e.add(
+            "ocr",
+            &Finding {
+                bbox: BBox::new(5.0, 10.0, 300.0, 30.0),
+                text: "Total Amount: S8.20".into(),
+                kind: FindingKind::Text,
+                score: 0.9,
+            },
+        );
+        // The amount out of the misread "$8.20" stays the amount, not the whole word.
+        let g = ground("8.20", &cite(&["r1"]), &e);
+        assert_eq!(g.text, "8.20");
+        assert_eq!(g.grounding[0].phrase, "8.20");
+        // A quote that stops inside a word is widened to it, as before.
+        let g = ground("9.0", &cite(&["r3"]), &evidence());
+        assert_eq!(g.text, "9.00");
+        let g = ground("25/12/2018", &cite(&["r2"]), &evidence());
+        assert_eq!(g.text, "25/12/2018");
     }
 
     #[test]
