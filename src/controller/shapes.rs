@@ -1,13 +1,14 @@
 //! Answer shapes: what kind of text a question asks for (a date, a time, an amount, a name
-//! printed on a line of its own, an address of several lines), so that a copied answer can be
-//! held to spans of the evidence with that shape.
+//! printed on a line of its own), so that a copied answer can be held to spans of the evidence
+//! with that shape.
 //!
 //! Why: a 0.5B controller that is asked for "the date" and copies from the line
 //! `09/01/2019 8:01:11 PM` keeps copying past the date, and asked for "the total" it sometimes
-//! starts at a time or a phone number. Asked for an address printed over four lines, it stops
-//! at the end of the first; asked for a company name, it starts in the middle of the line. The
-//! model still chooses *which* span; the shape only rules out spans that cannot be what was
-//! asked. Shapes live in `prompts/answer_shapes.toml`
+//! starts at a time or a phone number; asked for a company name, it starts in the middle of
+//! the line or stops before its end. The model still chooses *which* span; the shape only
+//! rules out spans that cannot be what was asked. (An address shape of up to five whole lines
+//! was tried on sroie-dev and not kept: the model's first line was wrong, see BENCHMARKS.md.)
+//! Shapes live in `prompts/answer_shapes.toml`
 //! (embedded, overridable with `--prompts DIR`), so a user can add their own or switch them
 //! off with an empty file.
 
@@ -23,7 +24,7 @@ pub enum Unit {
     /// Consecutive words of one line (a date, an amount).
     #[default]
     Words,
-    /// Consecutive whole lines, joined with a space (a name, an address).
+    /// Consecutive whole lines, joined with a space (a name printed over one or two lines).
     Lines,
 }
 
