@@ -15,6 +15,21 @@ fn sorted_keys(v: &serde_json::Value) -> Vec<&str> {
     keys
 }
 
+/// A successful run's stdout and its lines parsed as JSON (the run's stderr on failure).
+fn json_lines(out: std::process::Output) -> (String, Vec<serde_json::Value>) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (stdout, lines)
+}
+
 #[test]
 fn json_has_exactly_the_documented_shape_per_image_in_order() {
     let out = p2g()
@@ -23,16 +38,7 @@ fn json_has_exactly_the_documented_shape_per_image_in_order() {
         .arg(common::fixture("receipt.jpg"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let objs: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (_, objs) = json_lines(out);
     assert_eq!(objs.len(), 2);
     assert_eq!(objs[0]["height"], 250);
     assert_eq!(objs[1]["height"], 1013);
@@ -241,16 +247,7 @@ fn eval_scores_the_asked_fields_and_prints_the_documented_summary() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (stdout, lines) = json_lines(out);
     assert_eq!(lines.len(), 3, "{stdout}");
     for (q, field) in lines.iter().zip(["date", "total"]) {
         assert_eq!(
