@@ -48,13 +48,13 @@ impl QFormat {
 
 /// The best instruction set this CPU has for the kernels, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub(super) enum Isa {
     Avx512,
     Avx2,
     Scalar,
 }
 
-fn isa() -> Isa {
+pub(super) fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]

@@ -9,6 +9,7 @@
 //! session already holds only runs the new tokens.
 
 pub mod kernels;
+mod ops;
 pub mod transformer;
 
 use std::fs::File;

@@ -22,6 +22,7 @@ use candle_core::quantized::{
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::kernels::{self, MatVec, RowMatrix};
+use super::ops::{CausalSoftmax, SiluMul};
 use super::LlmError;
 
 /// Prefill chunks with at least this many rows go through the f32 GEMM path.
@@ -388,21 +389,10 @@ impl Transformer {
         }
         cache.reserve(&self.cfg, pos + seq, &self.device)?;
         let mut x = self.embed.forward(tokens, &self.device)?;
-        let mask = if seq > 1 {
-            let total = pos + seq;
-            let m: Vec<f32> = (0..seq)
-                .flat_map(|i| {
-                    (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            Some(Tensor::from_vec(m, (seq, total), &self.device)?)
-        } else {
-            None
-        };
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         for (layer, (kc, vc)) in self.layers.iter().zip(cache.layers.iter()) {
-            x = self.layer(layer, &x, pos, kc, vc, &cos, &sin, mask.as_ref())?;
+            x = self.layer(layer, &x, pos, kc, vc, &cos, &sin)?;
         }
         cache.len = pos + seq;
         let last = x.narrow(1, seq - 1, 1)?;
@@ -421,7 +411,6 @@ impl Transformer {
         vc: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
         let (b, seq, _) = x.dims3()?;
@@ -453,16 +442,11 @@ impl Transformer {
         // are stacked along the row axis of a single product.
         let group = c.n_head / c.n_head_kv;
         let q = q.reshape((b, c.n_head_kv, group * seq, c.head_dim))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let att = (q.matmul(&k_all.t()?)? * scale)?;
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, c.n_head_kv, group, seq, total))?
-                .broadcast_add(m)?
-                .reshape((b, c.n_head_kv, group * seq, total))?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = q.matmul(&k_all.t()?)?.apply_op1_no_bwd(&CausalSoftmax {
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            pos,
+            seq,
+        })?;
         let y = att.matmul(&v_all)?;
         let y = y
             .reshape((b, c.n_head, seq, c.head_dim))?
@@ -470,8 +454,8 @@ impl Transformer {
             .reshape((b, seq, c.n_head * c.head_dim))?;
         let x = (x + l.wo.forward(&y)?)?;
         let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, c.rms_eps)?;
-        let g = l.gate.forward(&h)?.silu()?;
-        let u = l.up.forward(&h)?;
-        x + l.down.forward(&(g * u)?)?
+        let g = l.gate.forward(&h)?.contiguous()?;
+        let u = l.up.forward(&h)?.contiguous()?;
+        x + l.down.forward(&g.apply_op2_no_bwd(&u, &SiluMul)?)?
     }
 }
