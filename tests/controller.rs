@@ -284,3 +284,67 @@ fn a_company_name_is_copied_as_its_whole_line() {
         "the case no longer needs the shape: {free:?}"
     );
 }
+
+/// The prompt cache: the keys and values of a prompt's first turn, saved by one session, start
+/// a fresh session (as in a new process) that then only runs the rest, with the same next-token
+/// distribution; a damaged entry is an error naming the file, another prompt's entry is not
+/// used, and neither touches the session.
+#[test]
+fn the_first_turn_is_read_back_from_the_prompt_cache() {
+    use p2g::controller::llm::prompt_cache::{PromptCache, PromptCacheError};
+    use p2g::controller::llm::Session;
+
+    let lm = controller().model().clone();
+    let prompt = "<|im_start|>system\nYou answer questions about one image.<|im_end|>\n\
+                  <|im_start|>user\nQuestion: What is the total amount?<|im_end|>\n\
+                  <|im_start|>assistant\n";
+    let tokens = lm.encode(prompt).unwrap();
+    let n = lm.first_turn_len(&tokens).unwrap();
+    assert!(n > 5 && n < tokens.len(), "{n} of {}", tokens.len());
+    let top = |s: &mut Session| s.top_allowed(5, |_, _| true).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let pc = PromptCache::new(dir.path().join("prompt-cache"));
+    let mut first = Session::new(lm.clone());
+    first.set_prompt(&tokens);
+    let want = top(&mut first);
+    pc.store(&first, &tokens[..n]).unwrap();
+
+    let mut second = Session::new(lm.clone());
+    assert!(pc.load(&mut second, &tokens[..n]).unwrap());
+    second.take_stats();
+    second.set_prompt(&tokens);
+    let got = top(&mut second);
+    let stats = second.take_stats();
+    assert_eq!(stats.reused_tokens, n, "{stats:?}");
+    assert_eq!(stats.prefill_tokens, tokens.len() - n, "{stats:?}");
+    assert_eq!(
+        got.iter().map(|t| t.0).collect::<Vec<_>>(),
+        want.iter().map(|t| t.0).collect::<Vec<_>>()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g.1 - w.1).abs() < 1e-3, "{got:?} vs {want:?}");
+    }
+
+    // Another prefix has no entry.
+    let mut other = Session::new(lm.clone());
+    assert!(!pc.load(&mut other, &tokens[..n - 1]).unwrap());
+    assert!(other.is_empty());
+
+    // A damaged entry.
+    let entries: Vec<_> = std::fs::read_dir(pc.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let bytes = std::fs::read(&entries[0]).unwrap();
+    std::fs::write(&entries[0], &bytes[..bytes.len() / 2]).unwrap();
+    let mut third = Session::new(lm.clone());
+    let e = pc.load(&mut third, &tokens[..n]).unwrap_err();
+    assert!(matches!(e, PromptCacheError::Damaged { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&*entries[0].to_string_lossy()),
+        "{e}"
+    );
+    assert!(third.is_empty());
+}

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use p2g::agents::load_available;
 use p2g::controller::embedded::EmbeddedConfig;
+use p2g::controller::llm::prompt_cache::PromptCache;
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{ControllerChoice, EmbeddedController};
 use p2g::models::Store;
@@ -66,6 +67,11 @@ pub struct LoopArgs {
     #[arg(long, value_enum)]
     pub history: Option<HistoryArg>,
 
+    /// Run the controller's system prompt in every process instead of saving its KV cache
+    /// (~11 MB, under the model cache's `prompt-cache/`) for the next one.
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+
     /// Refuse images with more pixels than this (protects against decompression bombs).
     #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -83,6 +89,9 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     };
     let mut cfg = EmbeddedConfig::new(prompts);
     cfg.constrained = !args.unconstrained;
+    if !args.no_prompt_cache {
+        cfg.prompt_cache = Some(PromptCache::new(store.root().join("prompt-cache")));
+    }
     let choice = match args.controller {
         ControllerArg::Qwen => ControllerChoice::Qwen,
         ControllerArg::Smollm2 => ControllerChoice::Smollm2,

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
@@ -74,6 +75,9 @@ pub struct EmbeddedConfig {
     pub copy_answers: bool,
     /// First tokens a copied answer is tried with (1: greedy).
     pub copy_alternatives: usize,
+    /// Where the KV cache of the prompt's first turn (system message, tools) is saved and
+    /// read back by a new process; `None` runs it in every process.
+    pub prompt_cache: Option<PromptCache>,
 }
 
 impl EmbeddedConfig {
@@ -87,6 +91,7 @@ impl EmbeddedConfig {
             max_citations: 8,
             copy_answers: true,
             copy_alternatives: 4,
+            prompt_cache: None,
         }
     }
 }
@@ -196,6 +201,10 @@ impl Controller for EmbeddedController {
                     .lock()
                     .map_err(|_| LlmError::Internal("controller session poisoned".into()))?;
                 s.set_cancel_flag(ctx.cancel.clone());
+                let to_save = cfg
+                    .prompt_cache
+                    .as_ref()
+                    .and_then(|pc| warm_start(pc, &mut s, &tokens));
                 s.set_prompt(&tokens);
                 let result = if cfg.constrained {
                     let step = StepInput {
@@ -209,6 +218,11 @@ impl Controller for EmbeddedController {
                 } else {
                     free_step(&mut s, &cfg, &tools, &ctx)
                 };
+                if let (Some(pc), Some(n)) = (&cfg.prompt_cache, to_save) {
+                    if let Err(e) = pc.store(&s, &tokens[..n]) {
+                        tracing::warn!("prompt cache not saved: {e}");
+                    }
+                }
                 // One prompt per step: the counters are this step's.
                 let stats = s.take_stats();
                 match result {
@@ -232,6 +246,31 @@ impl Controller for EmbeddedController {
                 .await
                 .map_err(LlmError::Internal)?
         })
+    }
+}
+
+/// Starts a fresh session from the saved first turn of `tokens`; returns that turn's length
+/// when nothing usable was saved, so the caller saves it once it has run.
+fn warm_start(cache: &PromptCache, s: &mut Session, tokens: &[u32]) -> Option<usize> {
+    if !s.is_empty() {
+        return None;
+    }
+    let n = s.model().first_turn_len(tokens)?;
+    // A prompt that is all one turn shares nothing with the next question's.
+    if n >= tokens.len() {
+        return None;
+    }
+    let _span = tracing::debug_span!("prompt_cache", tokens = n).entered();
+    match cache.load(s, &tokens[..n]) {
+        Ok(true) => {
+            tracing::debug!(dir = %cache.dir().display(), "first turn read from the prompt cache");
+            None
+        }
+        Ok(false) => Some(n),
+        Err(e) => {
+            tracing::warn!("prompt cache not used: {e}");
+            Some(n)
+        }
     }
 }
 

@@ -213,6 +213,7 @@ pub fn render_conversation(
         }
     };
     let mut question = Value::Null;
+    let mut asked = false;
     for turn in &conv.turns {
         match turn {
             Turn::Question { text, region } => {
@@ -220,7 +221,12 @@ pub fn render_conversation(
                     let r = b.rounded();
                     [r.x1 as i64, r.y1 as i64, r.x2 as i64, r.y2 as i64]
                 });
-                question = json!({ "question": text, "region": region });
+                // The image is introduced with the first question rather than in the system
+                // message, so the system message is the same for every image and its KV cache
+                // is reused from one image to the next (and from disk, see `prompt_cache`).
+                question = json!({ "question": text, "region": region, "image": conv.image,
+                                   "first": !asked });
+                asked = true;
                 let content = render("question.md", &prompts.question, question.clone())?;
                 messages.push(json!({ "role": "user", "content": content }));
             }

@@ -10,6 +10,7 @@
 
 pub mod kernels;
 mod ops;
+pub mod prompt_cache;
 pub mod transformer;
 
 use std::fs::File;
@@ -70,6 +71,9 @@ pub struct LanguageModel {
     /// Tokens that end a turn.
     stop_tokens: Vec<u32>,
     chat_template: Option<String>,
+    /// Which file this is, as far as a cache of its computations must know: path, size and
+    /// modification time (see [`prompt_cache`]).
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -180,6 +184,7 @@ impl LanguageModel {
             .cloned()
             .unwrap_or_else(|| path.display().to_string());
         let model = Transformer::load(&ct, &mut reader, cfg, max_context)?;
+        let fingerprint = file_fingerprint(path);
         Ok(Self {
             name,
             model,
@@ -188,7 +193,19 @@ impl LanguageModel {
             special,
             stop_tokens,
             chat_template,
+            fingerprint,
         })
+    }
+
+    /// Path, size and modification time of the file this model was read from.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The length of the prompt's first turn (the system message), up to and including the
+    /// token that ends it; `None` if no turn ends in `tokens`.
+    pub fn first_turn_len(&self, tokens: &[u32]) -> Option<usize> {
+        tokens.iter().position(|&t| self.is_stop(t)).map(|i| i + 1)
     }
 
     pub fn name(&self) -> &str {
@@ -246,6 +263,17 @@ impl LanguageModel {
 
 /// The GGUF metadata names a pre-tokenizer candle only knows for some models; SmolLM's
 /// (`smollm`) splits digits one by one and adds no prefix space, as its tokenizer.json does.
+fn file_fingerprint(path: &Path) -> String {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{} {size} {mtime}", abs.display())
+}
+
 fn fix_pre_tokenizer(tok: &mut Tokenizer, pre: &str) {
     use tokenizers::pre_tokenizers::{
         byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
@@ -442,6 +470,28 @@ impl Session {
     pub fn force(&mut self, id: u32, logprob: f64) {
         self.logprob += logprob;
         self.accept(id);
+    }
+
+    /// The keys and values of the first `len` tokens run (see [`KvCache::export`]).
+    pub fn snapshot(&self, len: usize) -> Result<Vec<f32>, LlmError> {
+        if len > self.fed.len() {
+            return Err(LlmError::Internal(format!(
+                "snapshot of {len} tokens but {} have been run",
+                self.fed.len()
+            )));
+        }
+        Ok(self.cache.export(len)?)
+    }
+
+    /// Starts this session from a snapshot of `tokens` taken by [`Session::snapshot`] on the
+    /// same model, as if they had been run here.
+    pub fn restore(&mut self, tokens: &[u32], data: &[f32]) -> Result<(), LlmError> {
+        let model = &self.lm.model;
+        self.cache = KvCache::import(model.config(), tokens.len(), data, model.device())?;
+        self.fed = tokens.to_vec();
+        self.pending.clear();
+        self.logits = None;
+        Ok(())
     }
 
     /// Tokens the conversation holds (fed and pending).

@@ -258,6 +258,58 @@ impl KvCache {
             .sum()
     }
 
+    /// The keys and values of the first `len` positions, layer by layer (keys then values,
+    /// each `n_head_kv x len x head_dim`), to be written out and read back by
+    /// [`KvCache::import`].
+    pub fn export(&self, len: usize) -> candle_core::Result<Vec<f32>> {
+        if len > self.len {
+            candle_core::bail!(
+                "cannot export {len} positions of a cache holding {}",
+                self.len
+            );
+        }
+        let mut out = Vec::new();
+        for (k, v) in &self.layers {
+            for t in [k, v] {
+                out.extend(t.narrow(2, 0, len)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A cache holding `len` positions read from `data`, laid out as [`KvCache::export`] wrote
+    /// it for a model of this configuration.
+    pub fn import(
+        cfg: &Config,
+        len: usize,
+        data: &[f32],
+        dev: &Device,
+    ) -> candle_core::Result<Self> {
+        let per = cfg.n_head_kv * len * cfg.head_dim;
+        if data.len() != 2 * cfg.n_layer * per {
+            candle_core::bail!(
+                "a cache of {len} positions holds {} values for this model, not {}",
+                2 * cfg.n_layer * per,
+                data.len()
+            );
+        }
+        let mut cache = KvCache::default();
+        cache.reserve(cfg, len, dev)?;
+        for (i, (k, v)) in cache.layers.iter().enumerate() {
+            for (j, t) in [k, v].into_iter().enumerate() {
+                let at = (2 * i + j) * per;
+                let src = Tensor::from_slice(
+                    &data[at..at + per],
+                    (1, cfg.n_head_kv, len, cfg.head_dim),
+                    dev,
+                )?;
+                t.slice_set(&src, 2, 0)?;
+            }
+        }
+        cache.len = len;
+        Ok(cache)
+    }
+
     fn reserve(&mut self, cfg: &Config, needed: usize, dev: &Device) -> candle_core::Result<()> {
         if needed <= self.capacity && self.layers.len() == cfg.n_layer {
             return Ok(());
@@ -363,6 +415,10 @@ impl Transformer {
             output,
             device: dev,
         })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn config(&self) -> &Config {
