@@ -221,9 +221,9 @@ pub fn render_conversation(
                     let r = b.rounded();
                     [r.x1 as i64, r.y1 as i64, r.x2 as i64, r.y2 as i64]
                 });
-                // The image is introduced with the first question rather than in the system
-                // message, so the system message is the same for every image and its KV cache
-                // is reused from one image to the next (and from disk, see `prompt_cache`).
+                // `image` and `first` let a question template introduce the image instead of
+                // the system message, which then is the same for every image (so its KV cache
+                // is reused across images); measured and not the default, see BENCHMARKS.md.
                 question = json!({ "question": text, "region": region, "image": conv.image,
                                    "first": !asked });
                 asked = true;

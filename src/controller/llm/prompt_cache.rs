@@ -1,10 +1,10 @@
 //! The keys and values of a prompt's first turn, kept on disk between processes.
 //!
-//! Every question starts with the same system message and tool list (~450 tokens for the
-//! embedded controller). Within one process the session's KV cache already skips them after
-//! the first question; a `p2g ask` per question (an app driving the CLI) would run them
-//! every time, ~5 s on two cores. They take ~25 KB per token for Qwen2.5-0.5B, so saving them
-//! once (~11 MB) and reading them back costs milliseconds.
+//! Every question about an image starts with the same system message and tool list (~570
+//! tokens for the embedded controller). Within one process the session's KV cache already skips
+//! them after the first question; a `p2g ask` per question (an app driving the CLI) would run
+//! them every time, 5-7 s on two cores. They take ~23 KB per token for Qwen2.5-0.5B, so saving
+//! them once (~13 MB) and reading them back costs milliseconds.
 //!
 //! An entry is named by a hash of what it depends on and holds it in full, so a lookup
 //! compares exactly rather than trusting the hash: the model file (path, size, modification
