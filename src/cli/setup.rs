@@ -68,7 +68,7 @@ pub struct LoopArgs {
     pub history: Option<HistoryArg>,
 
     /// Run the controller's system prompt in every process instead of saving its KV cache
-    /// (~11 MB, under the model cache's `prompt-cache/`) for the next one.
+    /// (~13 MB per image, under the model cache's `prompt-cache/`) for the next one.
     #[arg(long)]
     pub no_prompt_cache: bool,
 

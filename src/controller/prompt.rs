@@ -213,7 +213,6 @@ pub fn render_conversation(
         }
     };
     let mut question = Value::Null;
-    let mut asked = false;
     for turn in &conv.turns {
         match turn {
             Turn::Question { text, region } => {
@@ -224,9 +223,9 @@ pub fn render_conversation(
                 // `image` and `first` let a question template introduce the image instead of
                 // the system message, which then is the same for every image (so its KV cache
                 // is reused across images); measured and not the default, see BENCHMARKS.md.
+                let first = question.is_null();
                 question = json!({ "question": text, "region": region, "image": conv.image,
-                                   "first": !asked });
-                asked = true;
+                                   "first": first });
                 let content = render("question.md", &prompts.question, question.clone())?;
                 messages.push(json!({ "role": "user", "content": content }));
             }

@@ -261,8 +261,7 @@ impl LanguageModel {
     }
 }
 
-/// The GGUF metadata names a pre-tokenizer candle only knows for some models; SmolLM's
-/// (`smollm`) splits digits one by one and adds no prefix space, as its tokenizer.json does.
+/// Path, size and modification time of a model file: what a cache of its computations keys on.
 fn file_fingerprint(path: &Path) -> String {
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let meta = std::fs::metadata(path).ok();
@@ -274,6 +273,8 @@ fn file_fingerprint(path: &Path) -> String {
     format!("{} {size} {mtime}", abs.display())
 }
 
+/// The GGUF metadata names a pre-tokenizer candle only knows for some models; SmolLM's
+/// (`smollm`) splits digits one by one and adds no prefix space, as its tokenizer.json does.
 fn fix_pre_tokenizer(tok: &mut Tokenizer, pre: &str) {
     use tokenizers::pre_tokenizers::{
         byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,

@@ -77,18 +77,20 @@ impl PromptCache {
         }
     }
 
-    fn path(&self, header: &Header) -> PathBuf {
+    /// The header as stored, and the entry's file, named by the header's hash.
+    fn entry(&self, header: &Header) -> (Vec<u8>, PathBuf) {
         let json = serde_json::to_vec(header).unwrap_or_default();
         let hash = Sha256::digest(&json);
         let name: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{name}.kv"))
+        let path = self.dir.join(format!("{name}.kv"));
+        (json, path)
     }
 
     /// Starts `session` from the saved keys and values of `tokens`, if there are any;
     /// `Ok(false)` when there are none (or they belong to another model or build).
     pub fn load(&self, session: &mut Session, tokens: &[u32]) -> Result<bool, PromptCacheError> {
         let want = Self::header(session.model(), tokens);
-        let path = self.path(&want);
+        let (_, path) = self.entry(&want);
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -137,8 +139,7 @@ impl PromptCache {
     /// Saves the keys and values of `tokens`, the first tokens `session` has run. The entry
     /// is written to a temporary file and renamed, so a reader never sees half of one.
     pub fn store(&self, session: &Session, tokens: &[u32]) -> Result<(), PromptCacheError> {
-        let header = Self::header(session.model(), tokens);
-        let path = self.path(&header);
+        let (json, path) = self.entry(&Self::header(session.model(), tokens));
         let data = session.snapshot(tokens.len())?;
         let io = |source: std::io::Error| PromptCacheError::Io {
             path: path.clone(),
@@ -148,7 +149,6 @@ impl PromptCache {
         let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         {
             let mut w = BufWriter::new(tmp.as_file());
-            let json = serde_json::to_vec(&header).unwrap_or_default();
             w.write_all(MAGIC).map_err(io)?;
             w.write_all(&(json.len() as u64).to_le_bytes())
                 .map_err(io)?;
