@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use p2g::agents::load_available;
-use p2g::controller::embedded::{Calibration, EmbeddedConfig};
+use p2g::controller::embedded::EmbeddedConfig;
 use p2g::controller::llm::prompt_cache::PromptCache;
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{ControllerChoice, EmbeddedController};
@@ -61,11 +61,6 @@ pub struct LoopArgs {
     #[arg(long)]
     pub unconstrained: bool,
 
-    /// Rank a copied answer's first token by how much more likely the question makes it than
-    /// a neutral question does, with this weight (0: off; see BENCHMARKS.md).
-    #[arg(long, value_name = "W", default_value_t = 0.0)]
-    pub calibrate_copies: f64,
-
     /// What earlier questions leave in the controller's view: `full` (a conversation) or
     /// `evidence` (only what was read; questions are independent). Default: full, except for
     /// `eval` (evidence).
@@ -94,9 +89,6 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     };
     let mut cfg = EmbeddedConfig::new(prompts);
     cfg.constrained = !args.unconstrained;
-    if args.calibrate_copies != 0.0 {
-        cfg.copy_calibration = Some(Calibration::new(args.calibrate_copies));
-    }
     if !args.no_prompt_cache {
         cfg.prompt_cache = Some(PromptCache::new(store.root().join("prompt-cache")));
     }

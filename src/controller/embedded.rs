@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
-use super::prompt::{render_asking, render_conversation, Prompts};
+use super::prompt::{render_conversation, Prompts};
 use super::shapes::{shape_for, AnswerShape};
 use super::{Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext};
 use crate::agents::BoxFuture;
@@ -75,9 +75,6 @@ pub struct EmbeddedConfig {
     pub copy_answers: bool,
     /// First tokens a copied answer is tried with (1: greedy).
     pub copy_alternatives: usize,
-    /// Ranks a copy's first token by how much more likely the question makes it than a
-    /// neutral question does (see [`Calibration`]); `None`: by its likelihood alone.
-    pub copy_calibration: Option<Calibration>,
     /// Where the KV cache of the prompt's first turn (system message, tools) is saved and
     /// read back by a new process; `None` runs it in every process.
     pub prompt_cache: Option<PromptCache>,
@@ -94,30 +91,7 @@ impl EmbeddedConfig {
             max_citations: 8,
             copy_answers: true,
             copy_alternatives: 4,
-            copy_calibration: None,
             prompt_cache: None,
-        }
-    }
-}
-
-/// Calibrates a copied answer against a neutral question (pointwise mutual information, as in
-/// Holtzman et al. 2021, "Surface form competition"). A small model's first-token ranking mixes
-/// "this answers the question" with "this is a likely thing to copy at all": the first line of
-/// a receipt, or a postcode, is likely whatever was asked. A copy is scored by its
-/// log-probability under the question minus `weight` times its first token's log-probability
-/// under `neutral` asked over the same evidence; the neutral question costs one extra run of
-/// the last user message (its KV cache prefix is shared).
-#[derive(Debug, Clone)]
-pub struct Calibration {
-    pub neutral: String,
-    pub weight: f64,
-}
-
-impl Calibration {
-    pub fn new(weight: f64) -> Self {
-        Self {
-            neutral: "What text is in the image?".into(),
-            weight,
         }
     }
 }
@@ -207,25 +181,9 @@ impl Controller for EmbeddedController {
     ) -> BoxFuture<'a, Result<Step, ControllerError>> {
         Box::pin(async move {
             let prompt = self.render(conv)?;
-            // The whole prompt, for `RUST_LOG=p2g=trace`: what the model was shown, verbatim.
+            // The whole prompt, for `RUST_LOG=p2g::controller=trace`: what the model was shown.
             tracing::trace!(%prompt, "controller prompt");
             let tokens = self.lm.encode(&prompt)?;
-            // The same prompt ending on a neutral question, for calibrating copies.
-            let neutral = match &self.cfg.copy_calibration {
-                Some(c) if self.cfg.constrained && self.cfg.copy_answers => {
-                    let template = self.lm.chat_template().unwrap_or_default();
-                    let text =
-                        render_asking(&self.cfg.prompts, template, conv, false, Some(&c.neutral))?;
-                    let alt = self.lm.encode(&text)?;
-                    // A step that does not end on a question (a repair) has nothing to calibrate.
-                    (alt != tokens).then_some(NeutralPrompt {
-                        tokens: alt,
-                        prompt_len: tokens.len(),
-                        weight: c.weight,
-                    })
-                }
-                _ => None,
-            };
             let session = self.session.clone();
             let cfg = self.cfg.clone();
             let ctx = ctx.clone();
@@ -257,7 +215,6 @@ impl Controller for EmbeddedController {
                         question: question.as_deref(),
                         must_answer,
                         observed,
-                        neutral: neutral.as_ref(),
                     };
                     constrained_step(&mut s, &cfg, &step, &ctx)
                 } else {
@@ -491,15 +448,6 @@ struct StepInput<'a> {
     question: Option<&'a str>,
     must_answer: bool,
     observed: bool,
-    neutral: Option<&'a NeutralPrompt>,
-}
-
-/// The step's prompt ending on a neutral question instead (see [`Calibration`]).
-struct NeutralPrompt {
-    tokens: Vec<u32>,
-    /// Length of the real prompt: what the session holds after it is the step's own text.
-    prompt_len: usize,
-    weight: f64,
 }
 
 /// One decision built under constraints; returns it with the text it amounts to.
@@ -559,13 +507,13 @@ fn constrained_step(
             .filter(|spans| !spans.is_empty());
         let mut copy = None;
         if let Some(spans) = &shaped {
-            copy = copy_search(s, cfg, spans, input.neutral)?;
+            copy = copy_search(s, cfg, spans)?;
         }
         // Otherwise copy mode when the model's own next words start a word of the evidence:
         // the text is then copied from the evidence by construction (a small model otherwise
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
         if copy.is_none() && cfg.copy_answers && source.starts_with_word(&s.peek()?) {
-            copy = copy_search(s, cfg, &source, input.neutral)?;
+            copy = copy_search(s, cfg, &source)?;
         }
         let copying = copy.is_some();
         let (body, closed, mut cited) = if let Some((body, closed, cited)) = copy {
@@ -671,66 +619,34 @@ fn constrained_step(
 /// like to write starts the copy "20" (of the time "20:49:59"), while the copy that starts
 /// with "1" ("19/10/2018") is the one it then finds likely to the end.
 ///
-/// With a [`Calibration`], first tokens are ranked, and copies compared, with its bonus added.
-///
 /// Returns the copied text (JSON-escaped, as written), whether its string was closed and the
 /// regions it came from, or `None` when no allowed token starts a copy.
 fn copy_search(
     s: &mut Session,
     cfg: &EmbeddedConfig,
     source: &dyn CopyConstraint,
-    neutral: Option<&NeutralPrompt>,
 ) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
     let lm = s.model().clone();
-    let starts_copy = |id: u32, bytes: &[u8]| {
+    let mark = s.mark()?;
+    let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
         lm.is_plain(id, bytes)
             && !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
             && source.begins(bytes)
-    };
-    let k = cfg.copy_alternatives.max(1);
-    // (token, log-probability, calibration bonus): ranked by their sum.
-    let firsts: Vec<(u32, f64, f64)> = match neutral {
-        None => s
-            .top_allowed(k, starts_copy)?
-            .into_iter()
-            .map(|(id, lp)| (id, lp, 0.0))
-            .collect(),
-        Some(n) => {
-            let all = s.top_allowed(usize::MAX, starts_copy)?;
-            let real = s.tokens();
-            let own = real.get(n.prompt_len..).unwrap_or_default();
-            let mut alt = n.tokens.clone();
-            alt.extend_from_slice(own);
-            s.branch_to(&alt);
-            let ids: Vec<u32> = all.iter().map(|(id, _)| *id).collect();
-            let prior = s.logprobs_of(&ids)?;
-            s.branch_to(&real);
-            let mut ranked: Vec<(u32, f64, f64)> = all
-                .into_iter()
-                .zip(prior)
-                .map(|((id, lp), p)| (id, lp, -n.weight * p))
-                .collect();
-            ranked.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
-            ranked.truncate(k);
-            ranked
-        }
-    };
-    let mark = s.mark()?;
-    // (score, text, closed, tokens)
+    })?;
+    // (log-probability, text, closed, tokens)
     let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
     let mut session_holds_best = false;
-    for (i, &(id, first_lp, bonus)) in firsts.iter().enumerate() {
+    for (i, &(id, first_lp)) in firsts.iter().enumerate() {
         let floor = best.as_ref().map_or(f64::NEG_INFINITY, |b| b.0);
-        // Alternatives come best first, and a copy scores at most its first token: one
-        // already below the best copy cannot win.
-        if first_lp + bonus < floor {
+        // Alternatives come most likely first: one already below the best copy cannot win.
+        if first_lp < floor {
             break;
         }
         if i > 0 {
             s.rewind(&mark);
         }
         s.take_logprob();
-        s.give_up_below(floor - bonus);
+        s.give_up_below(floor);
         s.force(id, first_lp);
         let head = lm.token_bytes(id).to_vec();
         let copied = s.free_string(
@@ -746,23 +662,21 @@ fn copy_search(
         s.give_up_below(f64::NEG_INFINITY);
         let (rest, closed) = copied?;
         let total = s.take_logprob();
-        let score = total + bonus;
         tracing::debug!(
             copy = %format_args!("{}{rest}", String::from_utf8_lossy(&head)),
             closed,
             logprob = total,
             first_logprob = first_lp,
-            calibration = bonus,
             "copy candidate"
         );
         // A copy that was given up (or ran out of tokens) only counts when nothing else does.
         let counts = best
             .as_ref()
-            .is_none_or(|b| closed && (score > b.0 || !b.2));
+            .is_none_or(|b| closed && (total > b.0 || !b.2));
         session_holds_best = counts;
         if counts {
             let text = format!("{}{rest}", String::from_utf8_lossy(&head));
-            best = Some((score, text, closed, s.tokens_since(&mark)));
+            best = Some((total, text, closed, s.tokens_since(&mark)));
         }
     }
     let Some((_, text, closed, tokens)) = best else {

@@ -177,19 +177,6 @@ pub fn render_conversation(
     conv: &Conversation,
     can_see: bool,
 ) -> Result<String, ControllerError> {
-    render_asking(prompts, chat_template, conv, can_see, None)
-}
-
-/// [`render_conversation`], with the question the prompt ends on replaced by `instead` (the
-/// last question when it is the last turn, else the reminder after the evidence): everything
-/// before that last user message is the same, so its KV cache is shared.
-pub fn render_asking(
-    prompts: &Prompts,
-    chat_template: &str,
-    conv: &Conversation,
-    can_see: bool,
-    instead: Option<&str>,
-) -> Result<String, ControllerError> {
     let tool_names: Vec<&str> = conv.tools.iter().map(|t| t.name.as_str()).collect();
     let mut system = render(
         "system.md",
@@ -226,14 +213,9 @@ pub fn render_asking(
         }
     };
     let mut question = Value::Null;
-    let last = conv.turns.len().saturating_sub(1);
-    for (i, turn) in conv.turns.iter().enumerate() {
+    for turn in &conv.turns {
         match turn {
             Turn::Question { text, region } => {
-                let text = match instead {
-                    Some(q) if i == last => q,
-                    _ => text.as_str(),
-                };
                 let region: Option<[i64; 4]> = region.map(|b| {
                     let r = b.rounded();
                     [r.x1 as i64, r.y1 as i64, r.x2 as i64, r.y2 as i64]
@@ -274,9 +256,6 @@ pub fn render_asking(
     // A small model loses a question asked before a thousand tokens of evidence: after new
     // evidence, the question is asked again right where the answer starts.
     if matches!(conv.turns.last(), Some(Turn::Observation { .. })) && !question.is_null() {
-        if let (Some(q), Some(fields)) = (instead, question.as_object_mut()) {
-            fields.insert("question".into(), json!(q));
-        }
         let content = render("reminder.md", &prompts.reminder, question)?;
         if !content.trim().is_empty() {
             messages.push(json!({ "role": "user", "content": content }));
@@ -299,7 +278,6 @@ pub fn render_asking(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::ImageFacts;
 
     #[test]
     fn python_json_separators() {
@@ -308,58 +286,6 @@ mod tests {
             to_json_python(&v),
             "{\"regions\": [\"r1\", \"r2\"], \"text\": \"9.00 \u{e9}\"}"
         );
-    }
-
-    #[test]
-    fn asking_instead_changes_only_the_last_user_message() {
-        let template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}";
-        let p = Prompts::embedded().unwrap();
-        let question = |t: &str| Turn::Question {
-            text: t.into(),
-            region: None,
-        };
-        let mut conv = Conversation {
-            image: ImageFacts {
-                name: "r.jpg".into(),
-                width: 10,
-                height: 20,
-            },
-            turns: vec![
-                question("What is the date?"),
-                Turn::Call {
-                    agent: "ocr".into(),
-                    arguments: json!({}),
-                },
-                Turn::Observation {
-                    agent: "ocr".into(),
-                    content: "[0,0,9,9] r1 25/12/2018".into(),
-                },
-            ],
-            tools: Vec::new(),
-            regions: Vec::new(),
-            visual: Vec::new(),
-            must_answer: false,
-        };
-        let neutral = Some("What text is in the image?");
-        // Right after the evidence: the reminder asks the neutral question; the first stays.
-        let real = render_asking(&p, template, &conv, false, None).unwrap();
-        let alt = render_asking(&p, template, &conv, false, neutral).unwrap();
-        let cut = real.rfind("<user>").unwrap();
-        assert_eq!(real[..cut], alt[..cut]);
-        assert!(real[cut..].contains("What is the date?"), "{real}");
-        assert!(alt[cut..].contains("What text is in the image?"), "{alt}");
-        assert!(alt[..cut].contains("What is the date?"));
-        // A follow-up question is itself the last user message.
-        conv.turns.push(Turn::Answer {
-            text: "25/12/2018".into(),
-            regions: vec!["r1".into()],
-        });
-        conv.turns.push(question("What is the total?"));
-        let real = render_asking(&p, template, &conv, false, None).unwrap();
-        let alt = render_asking(&p, template, &conv, false, neutral).unwrap();
-        let cut = real.rfind("<user>").unwrap();
-        assert_eq!(real[..cut], alt[..cut]);
-        assert!(alt[cut..].contains("What text is in the image?") && !alt[cut..].contains("total"));
     }
 
     #[test]

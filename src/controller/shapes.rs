@@ -232,6 +232,7 @@ mod tests {
         assert_eq!(name("What is the name of the store?"), Some("company"));
         assert_eq!(name("What is the store's address?"), Some("address"));
         assert_eq!(name("What is the store's phone number?"), None);
+        assert_eq!(name("Where is the dog?"), None);
     }
 
     #[test]

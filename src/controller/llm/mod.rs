@@ -467,25 +467,6 @@ impl Session {
             .collect())
     }
 
-    /// The log-probabilities of `ids` as the next token.
-    pub fn logprobs_of(&mut self, ids: &[u32]) -> Result<Vec<f64>, LlmError> {
-        let logits = self.logits()?;
-        let norm = log_norm(logits);
-        ids.iter()
-            .map(|&id| {
-                logits
-                    .get(id as usize)
-                    .map(|&l| l as f64 - norm)
-                    .ok_or_else(|| LlmError::Internal(format!("token {id} out of range")))
-            })
-            .collect()
-    }
-
-    /// The whole conversation's tokens (fed and pending).
-    pub fn tokens(&self) -> Vec<u32> {
-        self.fed.iter().chain(&self.pending).copied().collect()
-    }
-
     /// Appends `id` as chosen with log-probability `logprob` (one of [`Session::top_allowed`]).
     pub fn force(&mut self, id: u32, logprob: f64) {
         self.logprob += logprob;
@@ -526,15 +507,6 @@ impl Session {
     /// Makes `tokens` the conversation so far, keeping the cached prefix it shares with what
     /// the session held.
     pub fn set_prompt(&mut self, tokens: &[u32]) {
-        let common = self.branch_to(tokens);
-        self.stats.prompt_tokens += tokens.len();
-        self.stats.reused_tokens += common;
-    }
-
-    /// Makes `tokens` the conversation like [`Session::set_prompt`], but as a detour within one
-    /// step (scoring the same continuation after another prompt), not a new prompt: only the
-    /// tokens run count. Returns how many tokens were kept.
-    pub fn branch_to(&mut self, tokens: &[u32]) -> usize {
         let held: Vec<u32> = self.fed.iter().chain(&self.pending).copied().collect();
         let mut common = held
             .iter()
@@ -550,7 +522,8 @@ impl Session {
         self.cache.truncate(common);
         self.pending = tokens[common..].to_vec();
         self.logits = None;
-        common
+        self.stats.prompt_tokens += tokens.len();
+        self.stats.reused_tokens += common;
     }
 
     /// Appends text the model did not choose (forced by the caller).
