@@ -221,6 +221,16 @@ mod tests {
             .collect()
     }
 
+    /// The spans of `shape` over `lines` (regions' texts in reading order).
+    fn find_in(shape: &AnswerShape, lines: &[&str]) -> Vec<Span> {
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        shape.find(&lines)
+    }
+
+    fn texts(found: &[Span]) -> Vec<&str> {
+        found.iter().map(|s| s.text.as_str()).collect()
+    }
+
     #[test]
     fn questions_pick_their_shape() {
         let shapes = embedded();
@@ -268,20 +278,19 @@ mod tests {
     fn an_address_is_not_a_date_line_or_an_amount() {
         let shapes = embedded();
         let address = shapes.iter().find(|s| s.name == "address").unwrap();
-        let lines: Vec<String> = [
-            "25/12/2018 8:13:39 PM",
-            "",
-            "9.00",
-            "",
-            "NO.5: 55,57 & 59, JALAN SAGU 18",
-            "TAMAN DAYA.",
-        ]
-        .map(String::from)
-        .to_vec();
-        let found = address.find(&lines);
-        let texts: Vec<&str> = found.iter().map(|s| s.text.as_str()).collect();
+        let found = find_in(
+            address,
+            &[
+                "25/12/2018 8:13:39 PM",
+                "",
+                "9.00",
+                "",
+                "NO.5: 55,57 & 59, JALAN SAGU 18",
+                "TAMAN DAYA.",
+            ],
+        );
         assert_eq!(
-            texts,
+            texts(&found),
             [
                 "NO.5: 55,57 & 59, JALAN SAGU 18",
                 "NO.5: 55,57 & 59, JALAN SAGU 18 TAMAN DAYA."
@@ -295,21 +304,20 @@ mod tests {
             "[[shape]]\nname = \"a\"\nquestion = \"address\"\nanswer = '.*\\d.*'\nunit = \"lines\"\nmax_lines = 5\n",
         )
         .unwrap()[0];
-        let lines: Vec<String> = [
-            "ACME SDN BHD",
-            "NO. 5, JALAN SAGU",
-            "TAMAN DAYA",
-            "",
-            "TOTAL",
-        ]
-        .map(String::from)
-        .to_vec();
-        let found = address.find(&lines);
-        let texts: Vec<&str> = found.iter().map(|s| s.text.as_str()).collect();
+        let found = find_in(
+            address,
+            &[
+                "ACME SDN BHD",
+                "NO. 5, JALAN SAGU",
+                "TAMAN DAYA",
+                "",
+                "TOTAL",
+            ],
+        );
         // Every run of up to five non-empty lines with a digit in it; never a part of a line,
         // never across the empty line.
         assert_eq!(
-            texts,
+            texts(&found),
             [
                 "ACME SDN BHD NO. 5, JALAN SAGU",
                 "ACME SDN BHD NO. 5, JALAN SAGU TAMAN DAYA",
@@ -320,7 +328,7 @@ mod tests {
         assert_eq!(found[1].lines, 0..3);
         let shapes = embedded();
         let company = shapes.iter().find(|s| s.name == "company").unwrap();
-        let found = company.find(&lines[..2]);
+        let found = find_in(company, &["ACME SDN BHD", "NO. 5, JALAN SAGU"]);
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(found.iter().all(|s| s.lines.len() <= 2));
     }
