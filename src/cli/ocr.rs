@@ -66,6 +66,10 @@ pub struct OcrCmd {
     /// Keep the recogniser's raw output (no spaces restored between words).
     #[arg(long)]
     no_restore_spaces: bool,
+
+    /// Keep a zero read among letters ("CH0PPING") and an O among digits ("456OO") as read.
+    #[arg(long)]
+    no_fix_confusions: bool,
 }
 
 pub fn parse_bbox(s: &str) -> Result<BBox, String> {
@@ -137,6 +141,7 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
     o.tile_all |= cmd.tile_all;
     o.use_orientation &= !cmd.no_orientation;
     o.restore_spaces &= !cmd.no_restore_spaces;
+    o.fix_confusions &= !cmd.no_fix_confusions;
     if let Some(v) = cmd.det_limit_side {
         o.det_limit_side = v;
     }

@@ -90,7 +90,7 @@ impl EmbeddedConfig {
             max_argument_tokens: 64,
             max_citations: 8,
             copy_answers: true,
-            copy_alternatives: 4,
+            copy_alternatives: 8,
             prompt_cache: None,
         }
     }

@@ -49,6 +49,8 @@ pub struct OcrOptions {
     pub cls_thresh: f32,
     pub min_confidence: f32,
     pub restore_spaces: bool,
+    /// Read a zero among letters as O, an O among digits as zero ([`rec::fix_confusions`]).
+    pub fix_confusions: bool,
 }
 
 impl Default for OcrOptions {
@@ -68,6 +70,16 @@ impl Default for OcrOptions {
             cls_thresh: 0.9,
             min_confidence: 0.5,
             restore_spaces: true,
+            fix_confusions: true,
+        }
+    }
+}
+
+impl OcrOptions {
+    fn decoding(&self) -> rec::Decoding {
+        rec::Decoding {
+            restore_spaces: self.restore_spaces,
+            fix_confusions: self.fix_confusions,
         }
     }
 }
@@ -201,7 +213,7 @@ impl Inner {
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let boxes = self.det.detect(rgb, &self.options)?;
         let crops: Vec<image::RgbImage> = boxes.iter().map(|q| crop_quad(rgb, q)).collect();
-        let mut texts = self.rec.recognise(&crops, self.options.restore_spaces)?;
+        let mut texts = self.rec.recognise(&crops, self.options.decoding())?;
         let mut flipped = vec![false; crops.len()];
         if let Some(cls) = &self.cls {
             self.settle_orientation(cls, &crops, &mut texts, &mut flipped)?;
@@ -282,7 +294,7 @@ impl Inner {
             .iter()
             .map(|&i| image::imageops::rotate180(&crops[i]))
             .collect();
-        let readings = self.rec.recognise(&turned, self.options.restore_spaces)?;
+        let readings = self.rec.recognise(&turned, self.options.decoding())?;
         for (&i, r) in candidates.iter().zip(readings) {
             let gain = r.confidence - texts[i].confidence;
             if gain > ORIENTATION_TIE || (gain.abs() <= ORIENTATION_TIE && page_upside_down) {

@@ -25,6 +25,16 @@ const MAX_STEPS_PER_BATCH: usize = 128;
 /// A batch stops growing when a line is this much wider than its first (less padding).
 const MAX_WIDTH_GROWTH: f32 = 1.25;
 
+/// How CTC output becomes text, beyond the best class per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoding {
+    /// Put back spaces between words from gaps in the alignment ([`ctc_greedy`]).
+    pub restore_spaces: bool,
+    /// Read a zero among letters as the letter O and an O among digits as a zero, where the
+    /// recogniser gave the other reading some probability ([`fix_confusions`]).
+    pub fix_confusions: bool,
+}
+
 /// One recognised line: text, mean character confidence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recognised {
@@ -53,7 +63,7 @@ impl Recognizer {
     pub fn recognise(
         &self,
         crops: &[RgbImage],
-        restore_spaces: bool,
+        decoding: Decoding,
     ) -> Result<Vec<Recognised>, AgentError> {
         let _span = tracing::debug_span!("ocr.recognise", lines = crops.len()).entered();
         let widths: Vec<usize> = crops
@@ -89,7 +99,7 @@ impl Recognizer {
             }
             let batch = &order[start..end];
             let batch_w = widths[*batch.last().unwrap_or(&order[start])].max(MIN_WIDTH);
-            let decoded = self.run_batch(crops, &widths, batch, batch_w, restore_spaces)?;
+            let decoded = self.run_batch(crops, &widths, batch, batch_w, decoding)?;
             for (&i, r) in batch.iter().zip(decoded) {
                 results[i] = r;
             }
@@ -104,7 +114,7 @@ impl Recognizer {
         widths: &[usize],
         batch: &[usize],
         batch_w: usize,
-        restore_spaces: bool,
+        decoding: Decoding,
     ) -> Result<Vec<Recognised>, AgentError> {
         let plane = HEIGHT * batch_w;
         let mut input = vec![0f32; batch.len() * 3 * plane];
@@ -137,7 +147,7 @@ impl Recognizer {
                     // Only the steps covering the line itself, not its padding.
                     let used = (widths[batch[b]].min(batch_w).div_ceil(STEP) + 1).min(steps);
                     let probs = &data[b * steps * classes..(b + 1) * steps * classes];
-                    ctc_greedy(probs, steps, classes, used, &self.keys, restore_spaces)
+                    ctc_greedy(probs, steps, classes, used, &self.keys, decoding)
                 })
                 .collect())
         })
@@ -149,14 +159,15 @@ impl Recognizer {
 ///
 /// With `restore_spaces`, a space is inserted between two characters whose time steps are
 /// unusually far apart for this line. PP-OCRv5 often emits no space between Latin words
-/// (`JALANSAGU18`) although the gap is plainly visible in its alignment.
+/// (`JALANSAGU18`) although the gap is plainly visible in its alignment. With
+/// `fix_confusions`, see [`fix_confusions`].
 pub fn ctc_greedy(
     probs: &[f32],
     steps: usize,
     classes: usize,
     used: usize,
     keys: &[String],
-    restore_spaces: bool,
+    decoding: Decoding,
 ) -> Recognised {
     let mut chars: Vec<(usize, usize, f32)> = Vec::new(); // (class, first step, prob)
     let mut prev = 0usize;
@@ -180,11 +191,14 @@ pub fn ctc_greedy(
     }
     let confidence = chars.iter().map(|c| c.2).sum::<f32>() / chars.len() as f32;
     let is_space = |c: usize| keys.get(c).is_some_and(|k| k == " ");
-    let split_after = if restore_spaces {
+    let split_after = if decoding.restore_spaces {
         space_gaps(&chars, probs, classes, keys)
     } else {
         vec![false; chars.len()]
     };
+    if decoding.fix_confusions {
+        fix_confusions(&mut chars, &split_after, probs, classes, keys);
+    }
     let mut text = String::new();
     for (i, &(c, _, _)) in chars.iter().enumerate() {
         text.push_str(keys.get(c).map(String::as_str).unwrap_or(""));
@@ -195,6 +209,125 @@ pub fn ctc_greedy(
     Recognised {
         text: text.trim().to_string(),
         confidence,
+    }
+}
+
+/// The other reading of a confusable character must have at least this probability in the
+/// step it was emitted at. On sroie-dev the zeros read inside words ("CH0PPING", "JOH0R",
+/// "INV0ICE") give the letter O 0.01-0.4; a zero that is a zero leaves it far lower.
+const CONFUSION_MIN_PROB: f32 = 1e-3;
+
+/// Zero and the letter O look alike in receipt fonts, and PP-OCRv5 reads one for the other:
+/// "CH0PPING B0ARD", "JOH0R", "456OO". Within one word (a run of letters and digits, ended
+/// by anything else or by a restored space), a zero becomes O when every other character
+/// of the word is a letter, at least two of them, and the zero touches one of them; an O
+/// becomes a zero when every other character is a digit, at least two of them, and the O
+/// (or the run of Os it is in) touches one. Product codes mix letters and digits freely ("EZ10HD05", "WD00" — whose last
+/// zero touches no letter), so a word with any other digit, or any other letter, is left
+/// alone. The swap also needs the recogniser's own support: the other reading's probability
+/// at that step is at least [`CONFUSION_MIN_PROB`]. A case follows its neighbours ("r0ot" →
+/// "root").
+pub fn fix_confusions(
+    chars: &mut [(usize, usize, f32)],
+    split_after: &[bool],
+    probs: &[f32],
+    classes: usize,
+    keys: &[String],
+) {
+    let class_of = |s: &str| keys.iter().position(|k| k == s);
+    let (Some(zero), Some(upper_o), lower_o) = (class_of("0"), class_of("O"), class_of("o")) else {
+        return;
+    };
+    let key = |c: usize| keys.get(c).map(String::as_str).unwrap_or("");
+    let is_letter = |c: usize| {
+        let k = key(c);
+        let mut it = k.chars();
+        matches!((it.next(), it.next()), (Some(ch), None) if ch.is_ascii_alphabetic())
+    };
+    let is_digit = |c: usize| {
+        let k = key(c);
+        k.len() == 1 && k.as_bytes()[0].is_ascii_digit()
+    };
+    let is_o = |c: usize| c == upper_o || Some(c) == lower_o;
+    let mut start = 0;
+    while start < chars.len() {
+        let mut end = start;
+        while end < chars.len() && (is_letter(chars[end].0) || is_digit(chars[end].0)) {
+            end += 1;
+            if split_after[end - 1] {
+                break;
+            }
+        }
+        if end == start {
+            start += 1;
+            continue;
+        }
+        let word: Vec<usize> = chars[start..end].iter().map(|c| c.0).collect();
+        let touches = |i: usize, f: &dyn Fn(usize) -> bool| {
+            (i > 0 && f(word[i - 1])) || word.get(i + 1).is_some_and(|&n| f(n))
+        };
+        let zeros: Vec<usize> = (0..word.len()).filter(|&i| word[i] == zero).collect();
+        let letters = word.iter().filter(|&&c| is_letter(c)).count();
+        let digits = word.iter().filter(|&&c| is_digit(c)).count();
+        let os: Vec<usize> = (0..word.len()).filter(|&i| is_o(word[i])).collect();
+        let swaps: Vec<(usize, usize)> = if !zeros.is_empty()
+            && digits == zeros.len()
+            && letters >= 2
+            && zeros.iter().all(|&i| touches(i, &|c| is_letter(c)))
+        {
+            zeros
+                .iter()
+                .map(|&i| {
+                    let lower = lower_o.filter(|_| {
+                        let next = word.get(i + 1).copied().filter(|&c| is_letter(c));
+                        let prev = i.checked_sub(1).map(|p| word[p]).filter(|&c| is_letter(c));
+                        next.or(prev)
+                            .is_some_and(|c| key(c).chars().all(|ch| ch.is_ascii_lowercase()))
+                    });
+                    (i, lower.unwrap_or(upper_o))
+                })
+                .collect()
+        } else if !os.is_empty()
+            && letters == os.len()
+            && digits >= 2
+            && os.iter().all(|&i| {
+                // A run of Os ("456OO") counts as touching when either end does.
+                let (mut a, mut b) = (i, i);
+                while a > 0 && is_o(word[a - 1]) {
+                    a -= 1;
+                }
+                while b + 1 < word.len() && is_o(word[b + 1]) {
+                    b += 1;
+                }
+                touches(a, &|c| is_digit(c)) || touches(b, &|c| is_digit(c))
+            })
+        {
+            os.iter().map(|&i| (i, zero)).collect()
+        } else {
+            Vec::new()
+        };
+        // O and o are one shape to the recogniser: either lends support.
+        let support = |t: usize, to: usize| {
+            let twins = if to == zero {
+                vec![zero]
+            } else {
+                std::iter::once(upper_o).chain(lower_o).collect()
+            };
+            twins
+                .iter()
+                .filter_map(|&c| probs.get(t * classes + c))
+                .sum::<f32>()
+        };
+        let supported = swaps
+            .iter()
+            .all(|&(i, to)| support(chars[start + i].1, to) >= CONFUSION_MIN_PROB);
+        if supported {
+            for (i, to) in swaps {
+                tracing::trace!(from = key(word[i]), to = key(to), "ocr confusion fixed");
+                chars[start + i].0 = to;
+            }
+        }
+        start = end;
     }
 }
 
@@ -236,4 +369,72 @@ fn space_gaps(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: &str = "_0123456789OoABCDGHIJNPRWZrt ";
+
+    fn keys() -> Vec<String> {
+        KEYS.chars().map(String::from).collect()
+    }
+
+    /// CTC output reading `text`: each character at 0.9 in its own step, then a blank step;
+    /// where `alt` names a position, its confusable twin (0 ↔ O) gets probability `alt.1`.
+    fn probs_for(text: &str, alt: Option<(usize, f32)>) -> (Vec<f32>, usize) {
+        let keys = keys();
+        let classes = keys.len();
+        let class = |c: char| keys.iter().position(|k| k.starts_with(c)).unwrap();
+        let steps = text.chars().count() * 2;
+        let mut probs = vec![0.0; steps * classes];
+        for (i, c) in text.chars().enumerate() {
+            probs[2 * i * classes + class(c)] = 0.9;
+            probs[(2 * i + 1) * classes] = 0.9;
+            if let Some((_, p)) = alt.filter(|a| a.0 == i) {
+                let twin = if c == '0' { 'O' } else { '0' };
+                probs[2 * i * classes + class(twin)] = p;
+            }
+        }
+        (probs, steps)
+    }
+
+    fn read(text: &str, alt: Option<(usize, f32)>) -> String {
+        let (probs, steps) = probs_for(text, alt);
+        let decoding = Decoding {
+            restore_spaces: false,
+            fix_confusions: true,
+        };
+        ctc_greedy(&probs, steps, keys().len(), steps, &keys(), decoding).text
+    }
+
+    #[test]
+    fn a_zero_among_letters_is_the_letter_o_when_the_recogniser_allows_it() {
+        assert_eq!(read("CH0PPING", Some((2, 0.05))), "CHOPPING");
+        // Without the recogniser's support the reading stands.
+        assert_eq!(read("CH0PPING", None), "CH0PPING");
+        assert_eq!(read("r0ot", Some((1, 0.05))), "root");
+    }
+
+    #[test]
+    fn an_o_among_digits_is_a_zero_and_codes_are_left_alone() {
+        assert_eq!(read("456OO", Some((3, 0.05))), "456OO");
+        let (mut probs, steps) = probs_for("456OO", Some((3, 0.05)));
+        let zero = keys().iter().position(|k| k == "0").unwrap();
+        probs[2 * 4 * keys().len() + zero] = 0.05;
+        let decoding = Decoding {
+            restore_spaces: false,
+            fix_confusions: true,
+        };
+        let text = ctc_greedy(&probs, steps, keys().len(), steps, &keys(), decoding).text;
+        assert_eq!(text, "45600");
+        // Letters and digits mixed freely are a code: "WD00"'s last zero touches no letter,
+        // "PN10D" has another digit, "A0" has one letter only.
+        assert_eq!(read("WD00", Some((2, 0.3))), "WD00");
+        assert_eq!(read("PN10D", Some((3, 0.3))), "PN10D");
+        assert_eq!(read("A0", Some((1, 0.3))), "A0");
+        // Words end at anything that is not a letter or a digit.
+        assert_eq!(read("20 OZ", Some((3, 0.3))), "20 OZ");
+    }
 }
