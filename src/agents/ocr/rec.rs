@@ -198,6 +198,7 @@ pub fn ctc_greedy(
     };
     if decoding.fix_confusions {
         fix_confusions(&mut chars, &split_after, probs, classes, keys);
+        fix_ampersands(&mut chars, &split_after, probs, classes, keys);
     }
     let mut text = String::new();
     for (i, &(c, _, _)) in chars.iter().enumerate() {
@@ -331,6 +332,52 @@ pub fn fix_confusions(
     }
 }
 
+/// The ampersand's probability a lone letter needs to be read as "&". PP-OCRv5 reads a
+/// printed "&" as "G" or "B" ("TEO HENG STATIONERY G BOOKS"); on sroie-dev those steps give
+/// "&" 0.07-0.28, while every lone letter that really is a letter ("A", "S", "X" in
+/// "BLK A", "SDN BHD S", sizes) gives it at most 0.0012.
+const AMPERSAND_MIN_PROB: f32 = 0.01;
+
+/// A lone letter between two words becomes "&" when the recogniser gives "&" at least
+/// [`AMPERSAND_MIN_PROB`] at that step. "Lone" means a space (emitted or restored) on each
+/// side; a letter at the start or end of a line is left alone, since "&" rarely starts or
+/// ends one and initials ("JOHN A") often do.
+pub fn fix_ampersands(
+    chars: &mut [(usize, usize, f32)],
+    split_after: &[bool],
+    probs: &[f32],
+    classes: usize,
+    keys: &[String],
+) {
+    let Some(amp) = keys.iter().position(|k| k == "&") else {
+        return;
+    };
+    let key = |c: usize| keys.get(c).map(String::as_str).unwrap_or("");
+    let is_space = |c: usize| key(c) == " ";
+    let is_letter = |c: usize| {
+        let mut it = key(c).chars();
+        matches!((it.next(), it.next()), (Some(ch), None) if ch.is_ascii_alphabetic())
+    };
+    for i in 1..chars.len().saturating_sub(1) {
+        let (c, t, _) = chars[i];
+        if !is_letter(c) {
+            continue;
+        }
+        let break_before = split_after[i - 1] || is_space(chars[i - 1].0);
+        let break_after = split_after[i] || is_space(chars[i + 1].0);
+        // A word on each side, not just a space at the line's edge.
+        let word_before = (0..i).any(|j| !is_space(chars[j].0));
+        let word_after = (i + 1..chars.len()).any(|j| !is_space(chars[j].0));
+        if break_before && break_after && word_before && word_after {
+            let p = probs.get(t * classes + amp).copied().unwrap_or(0.0);
+            if p >= AMPERSAND_MIN_PROB {
+                tracing::trace!(from = key(c), p, "ocr ampersand fixed");
+                chars[i].0 = amp;
+            }
+        }
+    }
+}
+
 /// A word break the recogniser saw but did not emit: between two characters, the space class
 /// reaches this probability in some time step. Inside words it stays near 0.001; at real word
 /// breaks PP-OCRv5 often gives it 0.1-0.4 and still emits nothing. Both thresholds were chosen
@@ -375,7 +422,7 @@ fn space_gaps(
 mod tests {
     use super::*;
 
-    const KEYS: &str = "_0123456789OoABCDGHIJNPRWZrt ";
+    const KEYS: &str = "_0123456789OoABCDGHIJNPRTWZrt &";
 
     fn keys() -> Vec<String> {
         KEYS.chars().map(String::from).collect()
@@ -436,5 +483,28 @@ mod tests {
         assert_eq!(read("A0", Some((1, 0.3))), "A0");
         // Words end at anything that is not a letter or a digit.
         assert_eq!(read("20 OZ", Some((3, 0.3))), "20 OZ");
+    }
+
+    #[test]
+    fn a_lone_letter_between_words_is_an_ampersand_when_the_recogniser_allows_it() {
+        let keys = keys();
+        let amp = keys.iter().position(|k| k == "&").unwrap();
+        let read_amp = |text: &str, at: usize, p: f32| {
+            let (mut probs, steps) = probs_for(text, None);
+            probs[2 * at * keys.len() + amp] = p;
+            let decoding = Decoding {
+                restore_spaces: false,
+                fix_confusions: true,
+            };
+            ctc_greedy(&probs, steps, keys.len(), steps, &keys, decoding).text
+        };
+        assert_eq!(read_amp("TIN G BOOT", 4, 0.2), "TIN & BOOT");
+        // A letter that is a letter leaves "&" near zero.
+        assert_eq!(read_amp("TIN G BOOT", 4, 0.001), "TIN G BOOT");
+        // Not lone: part of a word.
+        assert_eq!(read_amp("TING BOOT", 3, 0.2), "TING BOOT");
+        // At a line's edge: initials, not an ampersand.
+        assert_eq!(read_amp("JOHN A", 5, 0.2), "JOHN A");
+        assert_eq!(read_amp("A BOOT", 0, 0.2), "A BOOT");
     }
 }
