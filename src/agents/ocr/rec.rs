@@ -239,12 +239,8 @@ pub fn fix_confusions(
     let (Some(zero), Some(upper_o), lower_o) = (class_of("0"), class_of("O"), class_of("o")) else {
         return;
     };
-    let key = |c: usize| keys.get(c).map(String::as_str).unwrap_or("");
-    let is_letter = |c: usize| {
-        let k = key(c);
-        let mut it = k.chars();
-        matches!((it.next(), it.next()), (Some(ch), None) if ch.is_ascii_alphabetic())
-    };
+    let key = |c: usize| key_text(keys, c);
+    let is_letter = |c: usize| is_ascii_letter(keys, c);
     let is_digit = |c: usize| {
         let k = key(c);
         k.len() == 1 && k.as_bytes()[0].is_ascii_digit()
@@ -332,6 +328,17 @@ pub fn fix_confusions(
     }
 }
 
+/// The text of class `c`, or "" for a class the keys do not name.
+fn key_text(keys: &[String], c: usize) -> &str {
+    keys.get(c).map(String::as_str).unwrap_or("")
+}
+
+/// Whether class `c` is a single ASCII letter.
+fn is_ascii_letter(keys: &[String], c: usize) -> bool {
+    let mut it = key_text(keys, c).chars();
+    matches!((it.next(), it.next()), (Some(ch), None) if ch.is_ascii_alphabetic())
+}
+
 /// The ampersand's probability a lone letter needs to be read as "&". PP-OCRv5 reads a
 /// printed "&" as "G" or "B" ("TEO HENG STATIONERY G BOOKS"); on sroie-dev those steps give
 /// "&" 0.07-0.28, while every lone letter that really is a letter ("A", "S", "X" in
@@ -352,26 +359,25 @@ pub fn fix_ampersands(
     let Some(amp) = keys.iter().position(|k| k == "&") else {
         return;
     };
-    let key = |c: usize| keys.get(c).map(String::as_str).unwrap_or("");
-    let is_space = |c: usize| key(c) == " ";
-    let is_letter = |c: usize| {
-        let mut it = key(c).chars();
-        matches!((it.next(), it.next()), (Some(ch), None) if ch.is_ascii_alphabetic())
+    let is_space = |c: usize| key_text(keys, c) == " ";
+    // A word on each side, not just a space at the line's edge.
+    let (Some(first), Some(last)) = (
+        chars.iter().position(|c| !is_space(c.0)),
+        chars.iter().rposition(|c| !is_space(c.0)),
+    ) else {
+        return;
     };
-    for i in 1..chars.len().saturating_sub(1) {
+    for i in first + 1..last {
         let (c, t, _) = chars[i];
-        if !is_letter(c) {
+        if !is_ascii_letter(keys, c) {
             continue;
         }
         let break_before = split_after[i - 1] || is_space(chars[i - 1].0);
         let break_after = split_after[i] || is_space(chars[i + 1].0);
-        // A word on each side, not just a space at the line's edge.
-        let word_before = (0..i).any(|j| !is_space(chars[j].0));
-        let word_after = (i + 1..chars.len()).any(|j| !is_space(chars[j].0));
-        if break_before && break_after && word_before && word_after {
+        if break_before && break_after {
             let p = probs.get(t * classes + amp).copied().unwrap_or(0.0);
             if p >= AMPERSAND_MIN_PROB {
-                tracing::trace!(from = key(c), p, "ocr ampersand fixed");
+                tracing::trace!(from = key_text(keys, c), p, "ocr ampersand fixed");
                 chars[i].0 = amp;
             }
         }
@@ -447,13 +453,18 @@ mod tests {
         (probs, steps)
     }
 
-    fn read(text: &str, alt: Option<(usize, f32)>) -> String {
-        let (probs, steps) = probs_for(text, alt);
+    /// Greedy decoding with confusion fixes on and no space restoration.
+    fn decode(probs: &[f32], steps: usize) -> String {
         let decoding = Decoding {
             restore_spaces: false,
             fix_confusions: true,
         };
-        ctc_greedy(&probs, steps, keys().len(), steps, &keys(), decoding).text
+        ctc_greedy(probs, steps, keys().len(), steps, &keys(), decoding).text
+    }
+
+    fn read(text: &str, alt: Option<(usize, f32)>) -> String {
+        let (probs, steps) = probs_for(text, alt);
+        decode(&probs, steps)
     }
 
     #[test]
@@ -470,12 +481,7 @@ mod tests {
         let (mut probs, steps) = probs_for("456OO", Some((3, 0.05)));
         let zero = keys().iter().position(|k| k == "0").unwrap();
         probs[2 * 4 * keys().len() + zero] = 0.05;
-        let decoding = Decoding {
-            restore_spaces: false,
-            fix_confusions: true,
-        };
-        let text = ctc_greedy(&probs, steps, keys().len(), steps, &keys(), decoding).text;
-        assert_eq!(text, "45600");
+        assert_eq!(decode(&probs, steps), "45600");
         // Letters and digits mixed freely are a code: "WD00"'s last zero touches no letter,
         // "PN10D" has another digit, "A0" has one letter only.
         assert_eq!(read("WD00", Some((2, 0.3))), "WD00");
@@ -492,11 +498,7 @@ mod tests {
         let read_amp = |text: &str, at: usize, p: f32| {
             let (mut probs, steps) = probs_for(text, None);
             probs[2 * at * keys.len() + amp] = p;
-            let decoding = Decoding {
-                restore_spaces: false,
-                fix_confusions: true,
-            };
-            ctc_greedy(&probs, steps, keys.len(), steps, &keys, decoding).text
+            decode(&probs, steps)
         };
         assert_eq!(read_amp("TIN G BOOT", 4, 0.2), "TIN & BOOT");
         // A letter that is a letter leaves "&" near zero.
