@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::shapes::{parse_shapes, AnswerShape};
+use super::shapes::{parse_shapes, shape_for, AnswerShape};
 use super::{ControllerError, Conversation, Turn};
 use crate::agents::ToolDefinition;
 
@@ -224,8 +224,9 @@ pub fn render_conversation(
                 // the system message, which then is the same for every image (so its KV cache
                 // is reused across images); measured and not the default, see BENCHMARKS.md.
                 let first = question.is_null();
+                let hint = shape_for(&prompts.shapes, text).and_then(|s| s.hint.clone());
                 question = json!({ "question": text, "region": region, "image": conv.image,
-                                   "first": first });
+                                   "first": first, "hint": hint });
                 let content = render("question.md", &prompts.question, question.clone())?;
                 messages.push(json!({ "role": "user", "content": content }));
             }

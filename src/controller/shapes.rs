@@ -8,7 +8,10 @@
 //! the line or stops before its end. The model still chooses *which* span; the shape only
 //! rules out spans that cannot be what was asked. The address shape asks for a word of three
 //! letters and a digit: with two letters (or a digit alone) a date line ending in "PM" or an
-//! amount is an "address", and the model's likeliest one (see BENCHMARKS.md).
+//! amount is an "address", and the model's likeliest one (see BENCHMARKS.md). For the same
+//! reason a shape can `reject` spans (a phone or registration line has an address's digits
+//! and letters) and bound where they start (`first_lines`: a document's name and address are
+//! at its top, and the item lines below distract a small model).
 //! Shapes live in `prompts/answer_shapes.toml`
 //! (embedded, overridable with `--prompts DIR`), so a user can add their own or switch them
 //! off with an empty file.
@@ -36,9 +39,27 @@ pub struct AnswerShape {
     question: Regex,
     /// `answer`, anchored at both ends.
     answer: Regex,
+    /// `reject`, unanchored: a span where it matches anywhere is not an answer (a phone
+    /// number or a date line has an address's digits and letters, but is not one).
+    reject: Option<Regex>,
     pub unit: Unit,
     /// Longest span, in units (words or lines).
     pub max_len: usize,
+    /// What the controller is told about such answers, after the question (`hint`): what
+    /// the likeliest span gets wrong ("not a subtotal"), in words the model can use.
+    pub hint: Option<String>,
+    /// Spans start within the first this many lines of the evidence (`first_lines`): the
+    /// name a document is issued under, and its address, are printed at its top.
+    pub first_lines: Option<usize>,
+    /// A span does not start right after a line this matches (`not_after`): that line goes on
+    /// in the next one ("NO. 53, JALAN BESAR," then "45600 BATANG BERJUNTAI"), so a span
+    /// starting there would start in the middle of an address or a name.
+    not_after: Option<Regex>,
+    /// A span of several lines runs to the end of its block (`ends_before`): it ends before
+    /// an empty line, a line this matches (a phone or registration line after an address)
+    /// or the end of the evidence, or is `max_lines` long. A small model closes an address
+    /// after its first line or two; the block's end is where the page says it ends.
+    ends_before: Option<Regex>,
 }
 
 impl PartialEq for AnswerShape {
@@ -46,8 +67,15 @@ impl PartialEq for AnswerShape {
         self.name == other.name
             && self.question.as_str() == other.question.as_str()
             && self.answer.as_str() == other.answer.as_str()
+            && self.reject.as_ref().map(Regex::as_str) == other.reject.as_ref().map(Regex::as_str)
             && self.unit == other.unit
             && self.max_len == other.max_len
+            && self.hint == other.hint
+            && self.first_lines == other.first_lines
+            && self.not_after.as_ref().map(Regex::as_str)
+                == other.not_after.as_ref().map(Regex::as_str)
+            && self.ends_before.as_ref().map(Regex::as_str)
+                == other.ends_before.as_ref().map(Regex::as_str)
     }
 }
 
@@ -75,6 +103,11 @@ struct ShapeEntry {
     unit: Unit,
     max_words: Option<usize>,
     max_lines: Option<usize>,
+    reject: Option<String>,
+    hint: Option<String>,
+    first_lines: Option<usize>,
+    not_after: Option<String>,
+    ends_before: Option<String>,
 }
 
 /// Parses `answer_shapes.toml`; the error says which shape and pattern is wrong.
@@ -113,12 +146,49 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
             if max_len == 0 {
                 return Err(format!("shape `{}`: {key} must be at least 1", e.name));
             }
+            for (key, set) in [
+                ("not_after", e.not_after.is_some()),
+                ("ends_before", e.ends_before.is_some()),
+            ] {
+                if set && e.unit != Unit::Lines {
+                    return Err(format!(
+                        "shape `{}`: {key} applies to unit = \"lines\" only",
+                        e.name
+                    ));
+                }
+            }
+            if e.first_lines == Some(0) {
+                return Err(format!(
+                    "shape `{}`: first_lines must be at least 1",
+                    e.name
+                ));
+            }
             Ok(AnswerShape {
                 question: compile("question", &e.question)?,
                 answer: compile("answer", &format!("^(?:{})$", e.answer))?,
+                reject: e
+                    .reject
+                    .as_deref()
+                    .map(|r| compile("reject", r))
+                    .transpose()?,
+                not_after: e
+                    .not_after
+                    .as_deref()
+                    .map(|r| compile("not_after", r))
+                    .transpose()?,
+                ends_before: e
+                    .ends_before
+                    .as_deref()
+                    .map(|r| compile("ends_before", r))
+                    .transpose()?,
                 name: e.name,
                 unit: e.unit,
                 max_len,
+                hint: e
+                    .hint
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty()),
+                first_lines: e.first_lines,
             })
         })
         .collect()
@@ -130,9 +200,15 @@ pub fn shape_for<'a>(shapes: &'a [AnswerShape], question: &str) -> Option<&'a An
 }
 
 impl AnswerShape {
+    /// Whether `text`, whole, is an answer of this shape.
+    fn fits(&self, text: &str) -> bool {
+        self.answer.is_match(text) && !self.reject.as_ref().is_some_and(|r| r.is_match(text))
+    }
+
     /// The spans of `lines` (in reading order) with this shape, each once, first occurrence
-    /// first.
+    /// first; with `first_lines`, only those that start in the first lines.
     pub fn find(&self, lines: &[String]) -> Vec<Span> {
+        let starts = self.first_lines.unwrap_or(usize::MAX).min(lines.len());
         let mut out: Vec<Span> = Vec::new();
         let mut push = |text: String, lines: Range<usize>| {
             if !out.iter().any(|s| s.text == text) {
@@ -141,14 +217,22 @@ impl AnswerShape {
         };
         match self.unit {
             Unit::Words => {
-                for (i, line) in lines.iter().enumerate() {
+                for (i, line) in lines.iter().enumerate().take(starts) {
                     for (a, b) in self.spans(line) {
                         push(line[a..b].to_string(), i..i + 1);
                     }
                 }
             }
             Unit::Lines => {
-                for start in 0..lines.len() {
+                for start in 0..starts {
+                    let goes_on = |prev: &String| {
+                        self.not_after
+                            .as_ref()
+                            .is_some_and(|r| r.is_match(prev.trim_end()))
+                    };
+                    if start > 0 && goes_on(&lines[start - 1]) {
+                        continue;
+                    }
                     let mut text = String::new();
                     for end in start + 1..=(start + self.max_len).min(lines.len()) {
                         let line = lines[end - 1].trim();
@@ -159,7 +243,14 @@ impl AnswerShape {
                             text.push(' ');
                         }
                         text.push_str(line);
-                        if self.answer.is_match(&text) {
+                        let block_ends = end == lines.len()
+                            || end - start == self.max_len
+                            || lines[end].trim().is_empty()
+                            || self
+                                .ends_before
+                                .as_ref()
+                                .is_none_or(|r| r.is_match(&lines[end]));
+                        if block_ends && self.fits(&text) {
                             push(text.clone(), start..end);
                         }
                     }
@@ -193,7 +284,7 @@ impl AnswerShape {
                     for e in [end, trimmed] {
                         if e > s
                             && !out.contains(&(s, e))
-                            && text.get(s..e).is_some_and(|t| self.answer.is_match(t))
+                            && text.get(s..e).is_some_and(|t| self.fits(t))
                         {
                             out.push((s, e));
                         }
@@ -236,7 +327,10 @@ mod tests {
         let shapes = embedded();
         let name = |q: &str| shape_for(&shapes, q).map(|s| s.name.as_str());
         assert_eq!(name("What is the date?"), Some("date"));
-        assert_eq!(name("What is the total amount?"), Some("amount"));
+        assert_eq!(name("What is the total amount?"), Some("total"));
+        assert_eq!(name("What is the total?"), Some("total"));
+        assert_eq!(name("What is the total tax?"), Some("amount"));
+        assert_eq!(name("What is the subtotal?"), Some("amount"));
         assert_eq!(name("What time was it paid?"), Some("time"));
         assert_eq!(name("What is the company name?"), Some("company"));
         assert_eq!(name("What is the name of the store?"), Some("company"));
@@ -291,10 +385,105 @@ mod tests {
         );
         assert_eq!(
             texts(&found),
+            // Not the first line alone: the address goes on in the next.
+            ["NO.5: 55,57 & 59, JALAN SAGU 18 TAMAN DAYA."]
+        );
+    }
+
+    #[test]
+    fn rejected_lines_are_neither_addresses_nor_names() {
+        let shapes = embedded();
+        let get = |n: &str| shapes.iter().find(|s| s.name == n).unwrap();
+        let lines = [
+            "TEL : 03-3271 9672 FAX:03-3271 9481",
+            "Company Reg No. :SA03711S5t-P",
+            "HOME MASTER HARDWARE",
+            "",
+            "05 Mar 2018 18:24",
+            "",
+            "NO.2&4, JALAN HARMONI 3/2",
+        ];
+        assert_eq!(
+            texts(&find_in(get("address"), &lines)),
+            ["NO.2&4, JALAN HARMONI 3/2"]
+        );
+        assert_eq!(
+            texts(&find_in(get("company"), &lines)),
+            ["HOME MASTER HARDWARE"]
+        );
+        // A name printed over two lines is one span: neither of its lines alone.
+        assert_eq!(
+            texts(&find_in(
+                get("company"),
+                &["HOME MASTER HARDWARE &", "ELECTRICAL", ""]
+            )),
+            ["HOME MASTER HARDWARE & ELECTRICAL"]
+        );
+        // An address starts at its first line, not after a line ending in a comma, and runs
+        // to the end of its block (here the empty line).
+        assert_eq!(
+            texts(&find_in(
+                get("address"),
+                &["NO. 53, JALAN BESAR,", "45600 BATANG BERJUNTAI", ""]
+            )),
+            ["NO. 53, JALAN BESAR, 45600 BATANG BERJUNTAI"]
+        );
+        let err = parse_shapes(
+            "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\nreject = \"(\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("shape `x`: bad `reject`"), "{err}");
+    }
+
+    fn shapes_address() -> AnswerShape {
+        embedded()
+            .into_iter()
+            .find(|s| s.name == "address")
+            .unwrap()
+    }
+
+    #[test]
+    fn first_lines_bounds_where_a_span_starts_and_hints_are_kept() {
+        let shape = &parse_shapes(
+            "[[shape]]\nname = \"n\"\nquestion = \"name\"\nanswer = '.*'\nunit = \"lines\"\n\
+             max_lines = 2\nfirst_lines = 2\nhint = \" at the top \"\n",
+        )
+        .unwrap()[0];
+        assert_eq!(shape.hint.as_deref(), Some("at the top"));
+        let found = find_in(shape, &["A", "B", "C", "D"]);
+        // Spans start in the first two lines and may run past them.
+        assert_eq!(texts(&found), ["A", "A B", "B", "B C"]);
+        assert!(parse_shapes(
+            "[[shape]]\nname = \"n\"\nquestion = \"a\"\nanswer = \"b\"\nfirst_lines = 0\n"
+        )
+        .is_err());
+        let address = shapes_address();
+        let found = find_in(
+            &address,
+            &[
+                "NO. 5 JALAN SAGU",
+                "TAMAN DAYA",
+                "81100 JOHOR",
+                "TEL 07-3523888",
+                "9.00",
+            ],
+        );
+        // Each span ends before the phone line, or is four lines long.
+        assert_eq!(
+            texts(&found),
             [
-                "NO.5: 55,57 & 59, JALAN SAGU 18",
-                "NO.5: 55,57 & 59, JALAN SAGU 18 TAMAN DAYA."
+                "NO. 5 JALAN SAGU TAMAN DAYA 81100 JOHOR",
+                "TAMAN DAYA 81100 JOHOR",
+                "81100 JOHOR"
             ]
+        );
+        let err = parse_shapes(
+            "[[shape]]\nname = \"n\"\nquestion = \"a\"\nanswer = \"b\"\nnot_after = \",$\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("not_after applies to unit = \"lines\""),
+            "{err}"
         );
     }
 
