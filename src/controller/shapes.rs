@@ -67,16 +67,18 @@ impl PartialEq for AnswerShape {
         self.name == other.name
             && self.question.as_str() == other.question.as_str()
             && self.answer.as_str() == other.answer.as_str()
-            && self.reject.as_ref().map(Regex::as_str) == other.reject.as_ref().map(Regex::as_str)
+            && same_pattern(&self.reject, &other.reject)
             && self.unit == other.unit
             && self.max_len == other.max_len
             && self.hint == other.hint
             && self.first_lines == other.first_lines
-            && self.not_after.as_ref().map(Regex::as_str)
-                == other.not_after.as_ref().map(Regex::as_str)
-            && self.ends_before.as_ref().map(Regex::as_str)
-                == other.ends_before.as_ref().map(Regex::as_str)
+            && same_pattern(&self.not_after, &other.not_after)
+            && same_pattern(&self.ends_before, &other.ends_before)
     }
+}
+
+fn same_pattern(a: &Option<Regex>, b: &Option<Regex>) -> bool {
+    a.as_ref().map(Regex::as_str) == b.as_ref().map(Regex::as_str)
 }
 
 /// A span of the evidence with a shape: its text and the lines it covers.
@@ -163,24 +165,15 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                     e.name
                 ));
             }
+            let optional = |what: &str, pattern: &Option<String>| {
+                pattern.as_deref().map(|p| compile(what, p)).transpose()
+            };
             Ok(AnswerShape {
                 question: compile("question", &e.question)?,
                 answer: compile("answer", &format!("^(?:{})$", e.answer))?,
-                reject: e
-                    .reject
-                    .as_deref()
-                    .map(|r| compile("reject", r))
-                    .transpose()?,
-                not_after: e
-                    .not_after
-                    .as_deref()
-                    .map(|r| compile("not_after", r))
-                    .transpose()?,
-                ends_before: e
-                    .ends_before
-                    .as_deref()
-                    .map(|r| compile("ends_before", r))
-                    .transpose()?,
+                reject: optional("reject", &e.reject)?,
+                not_after: optional("not_after", &e.not_after)?,
+                ends_before: optional("ends_before", &e.ends_before)?,
                 name: e.name,
                 unit: e.unit,
                 max_len,
@@ -224,12 +217,12 @@ impl AnswerShape {
                 }
             }
             Unit::Lines => {
+                let goes_on = |prev: &str| {
+                    self.not_after
+                        .as_ref()
+                        .is_some_and(|r| r.is_match(prev.trim_end()))
+                };
                 for start in 0..starts {
-                    let goes_on = |prev: &String| {
-                        self.not_after
-                            .as_ref()
-                            .is_some_and(|r| r.is_match(prev.trim_end()))
-                    };
                     if start > 0 && goes_on(&lines[start - 1]) {
                         continue;
                     }
@@ -435,13 +428,6 @@ mod tests {
         assert!(err.contains("shape `x`: bad `reject`"), "{err}");
     }
 
-    fn shapes_address() -> AnswerShape {
-        embedded()
-            .into_iter()
-            .find(|s| s.name == "address")
-            .unwrap()
-    }
-
     #[test]
     fn first_lines_bounds_where_a_span_starts_and_hints_are_kept() {
         let shape = &parse_shapes(
@@ -457,9 +443,10 @@ mod tests {
             "[[shape]]\nname = \"n\"\nquestion = \"a\"\nanswer = \"b\"\nfirst_lines = 0\n"
         )
         .is_err());
-        let address = shapes_address();
+        let shapes = embedded();
+        let address = shapes.iter().find(|s| s.name == "address").unwrap();
         let found = find_in(
-            &address,
+            address,
             &[
                 "NO. 5 JALAN SAGU",
                 "TAMAN DAYA",
