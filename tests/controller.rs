@@ -352,3 +352,34 @@ fn the_first_turn_is_read_back_from_the_prompt_cache() {
     );
     assert!(third.is_empty());
 }
+
+/// Receipt 008's address is three lines under the name and a registration number: "NO.59
+/// JALAN PERMAS 9/5", "BANDAR BARU PERMAS JAYA", "81760 JOHOR BAHRU", then the phone line.
+/// The model's first token goes to the street number, but summed over the whole span its
+/// likelihood favoured the short postcode line (the address shape's default search answered
+/// "81760 JOHOR BAHRU"); ranked by where it starts (`rank = "start"`), the copy is the block.
+#[test]
+fn an_address_is_copied_from_its_first_line_to_its_block_end() {
+    use p2g::controller::shapes::Rank;
+    let q = "What is the address?";
+    let by_start = ask_about("008", q, || transcribed("008"), |_| {});
+    assert_eq!(
+        by_start.answer, "NO.59 JALAN PERMAS 9/5 BANDAR BARU PERMAS JAYA 81760 JOHOR BAHRU",
+        "{by_start:?}"
+    );
+    assert_eq!(by_start.grounding.len(), 3, "{by_start:?}");
+    let searched = ask_about(
+        "008",
+        q,
+        || transcribed("008"),
+        |cfg| {
+            for s in &mut cfg.prompts.shapes {
+                s.rank = Rank::Search;
+            }
+        },
+    );
+    assert_ne!(
+        searched.answer, by_start.answer,
+        "the case no longer needs the rank: {searched:?}"
+    );
+}

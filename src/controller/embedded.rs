@@ -22,7 +22,7 @@ use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
-use super::shapes::{shape_for, AnswerShape};
+use super::shapes::{shape_for, AnswerShape, Rank};
 use super::{Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext};
 use crate::agents::BoxFuture;
 use crate::models::{ModelSource, Store};
@@ -379,6 +379,15 @@ trait CopyConstraint {
     fn allows(&self, t: &[u8], closes: bool) -> bool;
     /// The regions the finished copy `t` came from.
     fn regions_of(&self, t: &[u8]) -> Vec<String>;
+    /// How finished copies are ranked against each other.
+    fn rank(&self) -> Rank {
+        Rank::Search
+    }
+    /// Every copy allowed, where the constraint is a list of them (a shape's spans); free
+    /// copying from the evidence has no such list.
+    fn complete(&self) -> Option<Vec<&[u8]>> {
+        None
+    }
 }
 
 impl CopyConstraint for CopySource {
@@ -399,6 +408,7 @@ impl CopyConstraint for CopySource {
 /// string holds them), each with the regions it covers: a copy must be one of them, whole.
 struct ShapedSpans {
     spans: Vec<(Vec<u8>, Vec<String>)>,
+    rank: Rank,
 }
 
 impl ShapedSpans {
@@ -412,7 +422,10 @@ impl ShapedSpans {
                 (span.text.into_bytes(), ids.collect())
             })
             .collect();
-        Self { spans }
+        Self {
+            spans,
+            rank: shape.rank,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -437,6 +450,14 @@ impl CopyConstraint for ShapedSpans {
             .find(|(s, _)| s == t)
             .map(|(_, ids)| ids.clone())
             .unwrap_or_default()
+    }
+
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn complete(&self) -> Option<Vec<&[u8]>> {
+        Some(self.spans.iter().map(|(s, _)| s.as_slice()).collect())
     }
 }
 
@@ -626,6 +647,11 @@ fn copy_search(
     cfg: &EmbeddedConfig,
     source: &dyn CopyConstraint,
 ) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
+    if source.rank() == Rank::Whole {
+        if let Some(copies) = source.complete() {
+            return exact_copy(s, source, &copies);
+        }
+    }
     let lm = s.model().clone();
     let mark = s.mark()?;
     let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
@@ -636,8 +662,13 @@ fn copy_search(
     // (log-probability, text, closed, tokens)
     let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
     let mut session_holds_best = false;
+    let by_start = source.rank() == Rank::Start;
     for (i, &(id, first_lp)) in firsts.iter().enumerate() {
-        let floor = best.as_ref().map_or(f64::NEG_INFINITY, |b| b.0);
+        // Ranked by their start, copies are not compared as wholes: nothing to give up on.
+        let floor = match &best {
+            Some(b) if !by_start => b.0,
+            _ => f64::NEG_INFINITY,
+        };
         // Alternatives come most likely first: one already below the best copy cannot win.
         if first_lp < floor {
             break;
@@ -667,16 +698,21 @@ fn copy_search(
             closed,
             logprob = total,
             first_logprob = first_lp,
+            tokens = s.tokens_since(&mark).len(),
             "copy candidate"
         );
         // A copy that was given up (or ran out of tokens) only counts when nothing else does.
         let counts = best
             .as_ref()
-            .is_none_or(|b| closed && (total > b.0 || !b.2));
+            .is_none_or(|b| closed && (!b.2 || (!by_start && total > b.0)));
         session_holds_best = counts;
         if counts {
             let text = format!("{}{rest}", String::from_utf8_lossy(&head));
             best = Some((total, text, closed, s.tokens_since(&mark)));
+        }
+        // Alternatives come likeliest start first: the first finished copy is the one.
+        if by_start && closed {
+            break;
         }
     }
     let Some((_, text, closed, tokens)) = best else {
@@ -688,6 +724,73 @@ fn copy_search(
     }
     let cited = source.regions_of(text.as_bytes());
     Ok(Some((text, closed, cited)))
+}
+
+/// Copies the answer from a known list of copies: the one the model finds most likely as a
+/// whole, closing quote included, scored exactly (each copy is one forward pass). The greedy
+/// search above follows one path per first token, so of "33.92" and "33.90" it only ever
+/// sees the one whose last digit it prefers after "33.9"; here both are scored. As in the
+/// greedy search, a copy ends with the likeliest token that closes the string there (`"`,
+/// `",`, ...). A copy's first token bounds its score, so copies are tried likeliest first
+/// token first and the search stops once no remaining copy can win.
+fn exact_copy(
+    s: &mut Session,
+    source: &dyn CopyConstraint,
+    copies: &[&[u8]],
+) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
+    let lm = s.model().clone();
+    let quote = lm.encode("\"")?.first().copied();
+    let Some(quote) = quote else {
+        return Ok(None);
+    };
+    let mut scored: Vec<(Vec<u32>, &[u8])> = Vec::new();
+    for &copy in copies {
+        let ids = lm.encode(&String::from_utf8_lossy(copy))?;
+        if !ids.is_empty() {
+            scored.push((ids, copy));
+        }
+    }
+    let firsts: Vec<u32> = scored.iter().map(|(ids, _)| ids[0]).collect();
+    let bounds = s.next_logprobs(&firsts)?;
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    order.sort_by(|&a, &b| bounds[b].total_cmp(&bounds[a]));
+    let mark = s.mark()?;
+    let closes = |id: u32, bytes: &[u8]| lm.is_plain(id, bytes) && bytes.first() == Some(&b'"');
+    // (log-probability, index)
+    let mut best: Option<(f64, usize)> = None;
+    for (n, &i) in order.iter().enumerate() {
+        if best.is_some_and(|(lp, _)| bounds[i] <= lp) {
+            break;
+        }
+        if n > 0 {
+            s.rewind(&mark);
+        }
+        let text = s.score(&scored[i].0)?;
+        let close = s
+            .top_allowed(1, closes)?
+            .first()
+            .map_or(f64::NEG_INFINITY, |c| c.1);
+        let lp = text + close;
+        tracing::debug!(
+            copy = %String::from_utf8_lossy(scored[i].1),
+            logprob = lp,
+            first_logprob = bounds[i],
+            tokens = scored[i].0.len() + 1,
+            "copy candidate"
+        );
+        if best.is_none_or(|(b, _)| lp > b) {
+            best = Some((lp, i));
+        }
+    }
+    let Some((_, i)) = best else {
+        return Ok(None);
+    };
+    s.rewind(&mark);
+    s.push_tokens(&scored[i].0);
+    s.push_tokens(&[quote]);
+    let text = String::from_utf8_lossy(scored[i].1).into_owned();
+    let cited = source.regions_of(scored[i].1);
+    Ok(Some((text, true, cited)))
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.

@@ -32,6 +32,26 @@ pub enum Unit {
     Lines,
 }
 
+/// How the copies of a shape are ranked against each other (`rank`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    /// The few likeliest first tokens are each continued greedily, and of those copies the one
+    /// the model finds likeliest as a whole wins. Each token of a copy is the model's own
+    /// choice, including where it ends: a name ends where the model would end it.
+    #[default]
+    Search,
+    /// Every span is scored exactly and the likeliest as a whole wins. For short spans that
+    /// differ late ("33.92", "33.90"), which the greedy search never compares: it follows one
+    /// path per first token, and after "33.9" takes the digit it prefers in isolation.
+    Whole,
+    /// The copy that starts with the token the model finds most likely: where the answer
+    /// starts is the model's choice, and the span's rules decide where it ends. A summed
+    /// log-probability favours short spans and clean OCR; for a span of several lines whose
+    /// end is fixed by `ends_before`, that is a bias, not a choice.
+    Start,
+}
+
 /// One shape: which questions it applies to and what an answer to them looks like.
 #[derive(Debug, Clone)]
 pub struct AnswerShape {
@@ -60,6 +80,11 @@ pub struct AnswerShape {
     /// or the end of the evidence, or is `max_lines` long. A small model closes an address
     /// after its first line or two; the block's end is where the page says it ends.
     ends_before: Option<Regex>,
+    /// The first line of a span matches this (`first_line`, lines only): an address starts
+    /// with its number ("NO. 5, JALAN SAGU", "LEVEL 6, MENARA"), not with the name above it.
+    first_line: Option<Regex>,
+    /// How its copies are ranked (`rank`).
+    pub rank: Rank,
 }
 
 impl PartialEq for AnswerShape {
@@ -74,6 +99,8 @@ impl PartialEq for AnswerShape {
             && self.first_lines == other.first_lines
             && same_pattern(&self.not_after, &other.not_after)
             && same_pattern(&self.ends_before, &other.ends_before)
+            && same_pattern(&self.first_line, &other.first_line)
+            && self.rank == other.rank
     }
 }
 
@@ -110,6 +137,9 @@ struct ShapeEntry {
     first_lines: Option<usize>,
     not_after: Option<String>,
     ends_before: Option<String>,
+    first_line: Option<String>,
+    #[serde(default)]
+    rank: Rank,
 }
 
 /// Parses `answer_shapes.toml`; the error says which shape and pattern is wrong.
@@ -151,6 +181,7 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
             for (key, set) in [
                 ("not_after", e.not_after.is_some()),
                 ("ends_before", e.ends_before.is_some()),
+                ("first_line", e.first_line.is_some()),
             ] {
                 if set && e.unit != Unit::Lines {
                     return Err(format!(
@@ -174,6 +205,7 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                 reject: optional("reject", &e.reject)?,
                 not_after: optional("not_after", &e.not_after)?,
                 ends_before: optional("ends_before", &e.ends_before)?,
+                first_line: optional("first_line", &e.first_line)?,
                 name: e.name,
                 unit: e.unit,
                 max_len,
@@ -182,6 +214,7 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                     .map(|h| h.trim().to_string())
                     .filter(|h| !h.is_empty()),
                 first_lines: e.first_lines,
+                rank: e.rank,
             })
         })
         .collect()
@@ -224,6 +257,13 @@ impl AnswerShape {
                 };
                 for start in 0..starts {
                     if start > 0 && goes_on(&lines[start - 1]) {
+                        continue;
+                    }
+                    if !self
+                        .first_line
+                        .as_ref()
+                        .is_none_or(|r| r.is_match(&lines[start]))
+                    {
                         continue;
                     }
                     let mut text = String::new();
@@ -448,6 +488,7 @@ mod tests {
         let found = find_in(
             address,
             &[
+                "ACME HARDWARE",
                 "NO. 5 JALAN SAGU",
                 "TAMAN DAYA",
                 "81100 JOHOR",
@@ -455,14 +496,11 @@ mod tests {
                 "9.00",
             ],
         );
-        // Each span ends before the phone line, or is four lines long.
+        // Each span ends before the phone line, or is four lines long, and starts at a line
+        // with a number (not at the name, nor at "TAMAN DAYA").
         assert_eq!(
             texts(&found),
-            [
-                "NO. 5 JALAN SAGU TAMAN DAYA 81100 JOHOR",
-                "TAMAN DAYA 81100 JOHOR",
-                "81100 JOHOR"
-            ]
+            ["NO. 5 JALAN SAGU TAMAN DAYA 81100 JOHOR", "81100 JOHOR"]
         );
         let err = parse_shapes(
             "[[shape]]\nname = \"n\"\nquestion = \"a\"\nanswer = \"b\"\nnot_after = \",$\"\n",
@@ -523,5 +561,24 @@ mod tests {
             "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\nmax_lines = 2\n";
         let err = parse_shapes(words_with_lines).unwrap_err();
         assert!(err.contains("max_lines"), "{err}");
+    }
+
+    #[test]
+    fn copies_are_searched_unless_a_shape_ranks_them_otherwise() {
+        let shape = |rank: &str| {
+            parse_shapes(&format!(
+                "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\n{rank}"
+            ))
+        };
+        assert_eq!(shape("").unwrap()[0].rank, Rank::Search);
+        assert_eq!(shape("rank = \"whole\"\n").unwrap()[0].rank, Rank::Whole);
+        assert_eq!(shape("rank = \"start\"\n").unwrap()[0].rank, Rank::Start);
+        let err = shape("rank = \"first\"\n").unwrap_err();
+        assert!(err.contains("rank"), "{err}");
+        let shapes = embedded();
+        let rank_of = |name: &str| shapes.iter().find(|s| s.name == name).map(|s| s.rank);
+        assert_eq!(rank_of("address"), Some(Rank::Start));
+        assert_eq!(rank_of("company"), Some(Rank::Search));
+        assert_eq!(rank_of("total"), Some(Rank::Whole));
     }
 }

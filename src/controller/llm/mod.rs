@@ -467,6 +467,44 @@ impl Session {
             .collect())
     }
 
+    /// The log-probability of each of `ids` as the next token.
+    pub fn next_logprobs(&mut self, ids: &[u32]) -> Result<Vec<f64>, LlmError> {
+        let logits = self.logits()?;
+        let norm = log_norm(logits);
+        Ok(ids
+            .iter()
+            .map(|&id| {
+                logits
+                    .get(id as usize)
+                    .map_or(f64::NEG_INFINITY, |&l| l as f64 - norm)
+            })
+            .collect())
+    }
+
+    /// The log-probability of `ids` as the continuation (one forward pass, all of them run):
+    /// scoring a few known candidates this way is exact where a greedy search is not.
+    pub fn score(&mut self, ids: &[u32]) -> Result<f64, LlmError> {
+        let Some((&first, rest)) = ids.split_first() else {
+            return Ok(0.0);
+        };
+        self.check_cancel()?;
+        let logits = self.logits()?;
+        let mut total = logits[first as usize] as f64 - log_norm(logits);
+        let vocab = logits.len();
+        let started = Instant::now();
+        let (model, cache) = (&self.lm.model, &mut self.cache);
+        let rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
+        self.fed.extend_from_slice(ids);
+        self.stats.prefill_ms += started.elapsed().as_secs_f64() * 1e3;
+        self.stats.prefill_tokens += ids.len();
+        for (row, &next) in rows.chunks(vocab).zip(rest) {
+            total += row[next as usize] as f64 - log_norm(row);
+        }
+        let last = rows.len() / vocab.max(1);
+        self.logits = Some(rows[(last.max(1) - 1) * vocab..].to_vec());
+        Ok(total)
+    }
+
     /// Appends `id` as chosen with log-probability `logprob` (one of [`Session::top_allowed`]).
     pub fn force(&mut self, id: u32, logprob: f64) {
         self.logprob += logprob;

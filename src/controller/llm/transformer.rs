@@ -432,6 +432,17 @@ impl Transformer {
 
     /// Runs `tokens` after the cache's positions and returns the logits of the last one.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, LlmError> {
+        self.forward_from(tokens, cache, tokens.len().saturating_sub(1))
+    }
+
+    /// Like [`Model::forward`], but returns the logits after each of `tokens[from..]`, one
+    /// vocabulary-sized row each (scoring a known continuation in one pass).
+    pub fn forward_from(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        from: usize,
+    ) -> Result<Vec<f32>, LlmError> {
         let seq = tokens.len();
         let pos = cache.len;
         if seq == 0 {
@@ -451,7 +462,8 @@ impl Transformer {
             x = self.layer(layer, &x, pos, kc, vc, &cos, &sin)?;
         }
         cache.len = pos + seq;
-        let last = x.narrow(1, seq - 1, 1)?;
+        let from = from.min(seq - 1);
+        let last = x.narrow(1, from, seq - from)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.cfg.rms_eps)?;
         let logits = self.output.forward(&last)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
