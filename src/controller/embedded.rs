@@ -755,7 +755,8 @@ fn exact_copy(
     let mut order: Vec<usize> = (0..scored.len()).collect();
     order.sort_by(|&a, &b| bounds[b].total_cmp(&bounds[a]));
     let mark = s.mark()?;
-    let closes = |id: u32, bytes: &[u8]| lm.is_plain(id, bytes) && bytes.first() == Some(&b'"');
+    // The tokens that close the string where they start, looked up once for every copy.
+    let closers = lm.plain_tokens_starting_with(b'"');
     // (log-probability, index)
     let mut best: Option<(f64, usize)> = None;
     for (n, &i) in order.iter().enumerate() {
@@ -767,9 +768,9 @@ fn exact_copy(
         }
         let text = s.score(&scored[i].0)?;
         let close = s
-            .top_allowed(1, closes)?
-            .first()
-            .map_or(f64::NEG_INFINITY, |c| c.1);
+            .next_logprobs(&closers)?
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
         let lp = text + close;
         tracing::debug!(
             copy = %String::from_utf8_lossy(scored[i].1),

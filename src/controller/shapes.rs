@@ -250,22 +250,21 @@ impl AnswerShape {
                 }
             }
             Unit::Lines => {
-                let goes_on = |prev: &str| {
-                    self.not_after
-                        .as_ref()
-                        .is_some_and(|r| r.is_match(prev.trim_end()))
+                // Not in the line after one that goes on (`not_after`), and only at a line
+                // that may be a first line (`first_line`).
+                let may_start = |start: usize| {
+                    let goes_on = start > 0
+                        && self
+                            .not_after
+                            .as_ref()
+                            .is_some_and(|r| r.is_match(lines[start - 1].trim_end()));
+                    !goes_on
+                        && self
+                            .first_line
+                            .as_ref()
+                            .is_none_or(|r| r.is_match(&lines[start]))
                 };
-                for start in 0..starts {
-                    if start > 0 && goes_on(&lines[start - 1]) {
-                        continue;
-                    }
-                    if !self
-                        .first_line
-                        .as_ref()
-                        .is_none_or(|r| r.is_match(&lines[start]))
-                    {
-                        continue;
-                    }
+                for start in (0..starts).filter(|&s| may_start(s)) {
                     let mut text = String::new();
                     for end in start + 1..=(start + self.max_len).min(lines.len()) {
                         let line = lines[end - 1].trim();

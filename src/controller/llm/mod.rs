@@ -251,6 +251,16 @@ impl LanguageModel {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The text tokens whose first byte is `first`.
+    pub fn plain_tokens_starting_with(&self, first: u8) -> Vec<u32> {
+        (0..self.token_bytes.len() as u32)
+            .filter(|&id| {
+                let bytes = self.token_bytes(id);
+                self.is_plain(id, bytes) && bytes[0] == first
+            })
+            .collect()
+    }
+
     /// A token that spells text: not empty, not a control token.
     pub fn is_plain(&self, id: u32, bytes: &[u8]) -> bool {
         !bytes.is_empty() && !self.special.get(id as usize).copied().unwrap_or(false)
@@ -488,20 +498,19 @@ impl Session {
             return Ok(0.0);
         };
         self.check_cancel()?;
-        let logits = self.logits()?;
-        let mut total = logits[first as usize] as f64 - log_norm(logits);
-        let vocab = logits.len();
+        let mut total = self.next_logprobs(&[first])?[0];
+        let vocab = self.logits()?.len();
         let started = Instant::now();
         let (model, cache) = (&self.lm.model, &mut self.cache);
-        let rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
+        let mut rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
         self.fed.extend_from_slice(ids);
         self.stats.prefill_ms += started.elapsed().as_secs_f64() * 1e3;
         self.stats.prefill_tokens += ids.len();
         for (row, &next) in rows.chunks(vocab).zip(rest) {
             total += row[next as usize] as f64 - log_norm(row);
         }
-        let last = rows.len() / vocab.max(1);
-        self.logits = Some(rows[(last.max(1) - 1) * vocab..].to_vec());
+        // The last row is the logits after the whole continuation.
+        self.logits = Some(rows.split_off(rows.len().saturating_sub(vocab)));
         Ok(total)
     }
 
