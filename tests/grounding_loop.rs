@@ -132,6 +132,7 @@ impl Agent for Reader {
                 text: t.clone(),
                 kind: FindingKind::Text,
                 score: 0.9,
+                quad: None,
             })
             .collect()
     }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::models::ModelError;
-use crate::vision::{BBox, Image, VisionError};
+use crate::vision::{BBox, Image, Quad, VisionError};
 
 pub use manifest::AgentManifest;
 
@@ -39,6 +39,10 @@ pub struct Finding {
     pub kind: FindingKind,
     /// The agent's confidence in 0..1.
     pub score: f32,
+    /// The text line's own outline, where the agent has one (OCR lines): on a photo taken at
+    /// a slant, rows of text are told apart by it, not by their boxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quad: Option<Quad>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

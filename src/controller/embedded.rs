@@ -23,7 +23,9 @@ use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
 use super::shapes::{shape_for, AnswerShape, Rank};
-use super::{Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext};
+use super::{
+    Citation, Controller, ControllerError, Conversation, Decision, RegionText, Step, StepContext,
+};
 use crate::agents::BoxFuture;
 use crate::models::{ModelSource, Store};
 
@@ -299,10 +301,10 @@ struct CopySource {
 }
 
 impl CopySource {
-    fn new(regions: &[(String, String)]) -> Self {
+    fn new(regions: &[RegionText]) -> Self {
         let mut text = Vec::new();
         let mut spans = Vec::new();
-        for (id, t) in regions {
+        for RegionText { id, text: t, .. } in regions {
             if !text.is_empty() {
                 text.push(b' ');
             }
@@ -412,13 +414,25 @@ struct ShapedSpans {
 }
 
 impl ShapedSpans {
-    fn new(regions: &[(String, String)], shape: &AnswerShape) -> Self {
-        let lines: Vec<String> = regions.iter().map(|(_, t)| json_escaped(t)).collect();
+    fn new(regions: &[RegionText], shape: &AnswerShape) -> Self {
+        let lines: Vec<String> = regions.iter().map(|r| json_escaped(&r.text)).collect();
+        // Each region's row as the controller reads it: its regions' texts, " | " between.
+        let rows: Vec<String> = regions
+            .iter()
+            .map(|r| {
+                let cells: Vec<&str> = regions
+                    .iter()
+                    .filter(|o| o.row == r.row)
+                    .map(|o| o.text.as_str())
+                    .collect();
+                cells.join(" | ")
+            })
+            .collect();
         let spans = shape
-            .find(&lines)
+            .find(&lines, &rows)
             .into_iter()
             .map(|span| {
-                let ids = regions[span.lines].iter().map(|(id, _)| id.clone());
+                let ids = regions[span.lines].iter().map(|r| r.id.clone());
                 (span.text.into_bytes(), ids.collect())
             })
             .collect();
@@ -464,7 +478,7 @@ impl CopyConstraint for ShapedSpans {
 /// What one constrained step is decided on, besides the prompt.
 struct StepInput<'a> {
     tools: &'a [String],
-    regions: &'a [(String, String)],
+    regions: &'a [RegionText],
     /// The question being answered (for its answer shape).
     question: Option<&'a str>,
     must_answer: bool,
@@ -549,7 +563,7 @@ fn constrained_step(
         } else {
             "\", \"regions\": ["
         })?;
-        let ids: Vec<String> = regions.iter().map(|(r, _)| format!("\"{r}\"")).collect();
+        let ids: Vec<String> = regions.iter().map(|r| format!("\"{}\"", r.id)).collect();
         if copying {
             // The regions are where the text was copied from; p2g writes them.
             let list: Vec<String> = cited.iter().map(|c| format!("\"{c}\"")).collect();
@@ -559,12 +573,12 @@ fn constrained_step(
             first.push("]".into());
             let k = s.choose(&first)?;
             if k < ids.len() {
-                cited.push(regions[k].0.clone());
+                cited.push(regions[k].id.clone());
                 let sep = vec![", ".to_string(), "]".to_string()];
                 while cited.len() < cfg.max_citations && s.choose(&sep)? == 0 {
                     let k = s.choose(&ids)?;
-                    if !cited.contains(&regions[k].0) {
-                        cited.push(regions[k].0.clone());
+                    if !cited.contains(&regions[k].id) {
+                        cited.push(regions[k].id.clone());
                     }
                 }
                 if cited.len() >= cfg.max_citations {
@@ -647,10 +661,10 @@ fn copy_search(
     cfg: &EmbeddedConfig,
     source: &dyn CopyConstraint,
 ) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
-    if source.rank() == Rank::Whole {
-        if let Some(copies) = source.complete() {
-            return exact_copy(s, source, &copies);
-        }
+    match (source.rank(), source.complete()) {
+        (Rank::Whole, Some(copies)) => return exact_copy(s, source, &copies),
+        (Rank::First, Some(copies)) => return first_copy(s, source, &copies),
+        _ => {}
     }
     let lm = s.model().clone();
     let mark = s.mark()?;
@@ -794,6 +808,29 @@ fn exact_copy(
     Ok(Some((text, true, cited)))
 }
 
+/// Takes the first of `copies` (the shape's spans in reading order) as the answer string,
+/// closing it. The model is not asked; the debug log says the rule chose.
+fn first_copy(
+    s: &mut Session,
+    source: &dyn CopyConstraint,
+    copies: &[&[u8]],
+) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
+    let lm = s.model().clone();
+    let (Some(quote), Some(&copy)) = (lm.encode("\"")?.first().copied(), copies.first()) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(copy).into_owned();
+    let ids = lm.encode(&text)?;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    tracing::debug!(copy = %text, of = copies.len(), "copy by rank = first");
+    s.push_tokens(&ids);
+    s.push_tokens(&[quote]);
+    let cited = source.regions_of(copy);
+    Ok(Some((text, true, cited)))
+}
+
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.
 fn json_closed(text: &[u8], open: i32) -> Option<usize> {
     let mut depth = open;
@@ -856,23 +893,32 @@ fn free_step(
 mod tests {
     use super::*;
 
+    fn regions(texts: &[&str]) -> Vec<RegionText> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| RegionText {
+                id: format!("r{}", i + 1),
+                text: t.to_string(),
+                row: i,
+            })
+            .collect()
+    }
+
     #[test]
     fn copies_come_from_words_of_the_evidence() {
-        let src = CopySource::new(&[
-            ("r1".into(), "DATE: 25/12/2018".into()),
-            ("r2".into(), "TAMAN DAYA,".into()),
-            ("r3".into(), "81100 JOHOR".into()),
-        ]);
+        let src = CopySource::new(&regions(&[
+            "DATE: 25/12/2018",
+            "TAMAN DAYA,",
+            "81100 JOHOR",
+        ]));
         assert!(src.starts_with_word(b"25/12"));
         assert!(src.starts_with_word(b" TAMAN"));
         assert!(!src.starts_with_word(b"5/12"));
         assert!(!src.starts_with_word(b"It"));
         assert_eq!(src.regions_of(b"25/12/2018"), ["r1"]);
         assert_eq!(src.regions_of(b"TAMAN DAYA, 81100 JOHOR"), ["r2", "r3"]);
-        let src = CopySource::new(&[
-            ("r1".into(), "9.000".into()),
-            ("r2".into(), "TOTAL 9.00".into()),
-        ]);
+        let src = CopySource::new(&regions(&["9.000", "TOTAL 9.00"]));
         assert_eq!(src.regions_of(b"9.00"), ["r2"]);
         assert_eq!(src.regions_of(b"9.0"), ["r1"]);
     }

@@ -54,6 +54,16 @@ pub enum Turn {
     Repair { output: String, error: String },
 }
 
+/// A region an answer may cite, as a controller is given it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionText {
+    pub id: String,
+    pub text: String,
+    /// The row of the image it sits on: regions with the same number share a row, as a
+    /// receipt's "TOTAL ROUNDED" and its "33.90" do.
+    pub row: usize,
+}
+
 /// An image given to a controller that can take images: the whole image, or a crop of an
 /// evidence region.
 #[derive(Debug, Clone)]
@@ -71,8 +81,8 @@ pub struct Conversation {
     pub turns: Vec<Turn>,
     /// The tools it may call now.
     pub tools: Vec<ToolDefinition>,
-    /// Region ids an answer may cite, with their texts.
-    pub regions: Vec<(String, String)>,
+    /// The regions an answer may cite, in the order they were found.
+    pub regions: Vec<RegionText>,
     /// Filled only for controllers whose [`Controller::accepts_images`] is true.
     pub visual: Vec<VisualInput>,
     /// The step budget is spent: the controller must answer now (tools stay listed so the

@@ -50,6 +50,11 @@ pub enum Rank {
     /// log-probability favours short spans and clean OCR; for a span of several lines whose
     /// end is fixed by `ends_before`, that is a bias, not a choice.
     Start,
+    /// The first span in reading order; the model is not asked. For a field whose place is a
+    /// convention of the document rather than a matter of wording: a letterhead's address is
+    /// the first address-shaped block under the name, while the model's favourite first token
+    /// is as often an item line or the block's second line.
+    First,
 }
 
 /// One shape: which questions it applies to and what an answer to them looks like.
@@ -83,6 +88,15 @@ pub struct AnswerShape {
     /// The first line of a span matches this (`first_line`, lines only): an address starts
     /// with its number ("NO. 5, JALAN SAGU", "LEVEL 6, MENARA"), not with the name above it.
     first_line: Option<Regex>,
+    /// The row a span starts on (the texts of the regions on that row of the image, " | "
+    /// between them) matches this (`row`)...
+    row: Option<Regex>,
+    /// ...and not this (`row_reject`): a receipt's total is on a row labelled as one, not on
+    /// its subtotal, tax or cash rows. Both give way when they leave no span at all.
+    row_reject: Option<Regex>,
+    /// When some spans start on a row this matches (`row_prefer`), only those are answers
+    /// ("TOTAL ROUNDED" over "TOTAL").
+    row_prefer: Option<Regex>,
     /// How its copies are ranked (`rank`).
     pub rank: Rank,
 }
@@ -100,6 +114,9 @@ impl PartialEq for AnswerShape {
             && same_pattern(&self.not_after, &other.not_after)
             && same_pattern(&self.ends_before, &other.ends_before)
             && same_pattern(&self.first_line, &other.first_line)
+            && same_pattern(&self.row, &other.row)
+            && same_pattern(&self.row_reject, &other.row_reject)
+            && same_pattern(&self.row_prefer, &other.row_prefer)
             && self.rank == other.rank
     }
 }
@@ -138,6 +155,9 @@ struct ShapeEntry {
     not_after: Option<String>,
     ends_before: Option<String>,
     first_line: Option<String>,
+    row: Option<String>,
+    row_reject: Option<String>,
+    row_prefer: Option<String>,
     #[serde(default)]
     rank: Rank,
 }
@@ -206,6 +226,9 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                 not_after: optional("not_after", &e.not_after)?,
                 ends_before: optional("ends_before", &e.ends_before)?,
                 first_line: optional("first_line", &e.first_line)?,
+                row: optional("row", &e.row)?,
+                row_reject: optional("row_reject", &e.row_reject)?,
+                row_prefer: optional("row_prefer", &e.row_prefer)?,
                 name: e.name,
                 unit: e.unit,
                 max_len,
@@ -232,12 +255,46 @@ impl AnswerShape {
     }
 
     /// The spans of `lines` (in reading order) with this shape, each once, first occurrence
-    /// first; with `first_lines`, only those that start in the first lines.
-    pub fn find(&self, lines: &[String]) -> Vec<Span> {
+    /// first; with `first_lines`, only those that start in the first lines. `rows[i]` is the
+    /// text of the row line `i` is on, for the row rules: the preferred rows' spans if there
+    /// are any, else the spans `row` and `row_reject` allow, else every span.
+    pub fn find(&self, lines: &[String], rows: &[String]) -> Vec<Span> {
+        let row_of = |i: usize| rows.get(i).map(String::as_str).unwrap_or("");
+        let allowed = |i: usize| {
+            self.row.as_ref().is_none_or(|r| r.is_match(row_of(i)))
+                && !self
+                    .row_reject
+                    .as_ref()
+                    .is_some_and(|r| r.is_match(row_of(i)))
+        };
+        let preferred = |i: usize| {
+            allowed(i)
+                && self
+                    .row_prefer
+                    .as_ref()
+                    .is_some_and(|r| r.is_match(row_of(i)))
+        };
+        if self.row_prefer.is_some() {
+            let spans = self.find_where(lines, preferred);
+            if !spans.is_empty() {
+                return spans;
+            }
+        }
+        if self.row.is_some() || self.row_reject.is_some() {
+            let spans = self.find_where(lines, allowed);
+            if !spans.is_empty() {
+                return spans;
+            }
+        }
+        self.find_where(lines, |_| true)
+    }
+
+    /// The spans whose first line `starts_ok`, each once, first occurrence first.
+    fn find_where(&self, lines: &[String], starts_ok: impl Fn(usize) -> bool) -> Vec<Span> {
         let starts = self.first_lines.unwrap_or(usize::MAX).min(lines.len());
         let mut out: Vec<Span> = Vec::new();
         let mut push = |text: String, lines: Range<usize>| {
-            if !out.iter().any(|s| s.text == text) {
+            if starts_ok(lines.start) && !out.iter().any(|s| s.text == text) {
                 out.push(Span { text, lines });
             }
         };
@@ -347,7 +404,7 @@ mod tests {
     /// The spans of `shape` over `lines` (regions' texts in reading order).
     fn find_in(shape: &AnswerShape, lines: &[&str]) -> Vec<Span> {
         let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        shape.find(&lines)
+        shape.find(&lines, &lines)
     }
 
     fn texts(found: &[Span]) -> Vec<&str> {
@@ -547,6 +604,63 @@ mod tests {
     }
 
     #[test]
+    fn an_address_is_the_first_block_under_the_name() {
+        let shapes = embedded();
+        let address = shapes.iter().find(|s| s.name == "address").unwrap();
+        // Receipt 008 of SROIE (its transcribed lines): the registration number under the
+        // name has digits and two letters, not a word.
+        let found = find_in(
+            address,
+            &[
+                "PERNIAGAAN ZHENG HUI",
+                "JM0325955-V",
+                "NO.59 JALAN PERMAS 9/5",
+                "BANDAR BARU PERMAS JAYA",
+                "81760 JOHOR BAHRU",
+                "TEL : 07-386 7524 FAX : 07-386 3793",
+            ],
+        );
+        assert_eq!(
+            found[0].text,
+            "NO.59 JALAN PERMAS 9/5 BANDAR BARU PERMAS JAYA 81760 JOHOR BAHRU"
+        );
+        assert_eq!(found[0].lines, 2..5);
+    }
+
+    #[test]
+    fn a_total_is_taken_from_a_total_row_rounded_if_there_is_one() {
+        let shapes = embedded();
+        let total = shapes.iter().find(|s| s.name == "total").unwrap();
+        // Receipt 002 of SROIE, as the OCR agent reads its rows (label | value).
+        let rows = [
+            ["SUB-TOTAL (EX)", "31.98"],
+            ["TOTAL", "RM 33.92"],
+            ["ROUNDING ADJUSTMENT", "-RM 0.02"],
+            ["TOTAL ROUNDED", "33.90"],
+            ["CASH", "RM 50.00"],
+            ["CHANGE", "RM 16.10"],
+        ];
+        let lines: Vec<String> = rows.iter().flatten().map(|t| t.to_string()).collect();
+        let row_texts: Vec<String> = rows
+            .iter()
+            .flat_map(|r| [r.join(" | "), r.join(" | ")])
+            .collect();
+        assert_eq!(texts(&total.find(&lines, &row_texts)), ["33.90"]);
+        // Without a rounded total, every total row's amount (but no subtotal or payment).
+        let unrounded: Vec<String> = row_texts
+            .iter()
+            .map(|r| r.replace("TOTAL ROUNDED", "TOTAL PAID"))
+            .collect();
+        assert_eq!(
+            texts(&total.find(&lines, &unrounded)),
+            ["RM 33.92", "33.92", "33.90"]
+        );
+        // Rules about rows give way when no row is labelled: the amounts are still answers.
+        let bare = vec![String::new(); lines.len()];
+        assert_eq!(total.find(&lines, &bare).len(), 9);
+    }
+
+    #[test]
     fn bad_shapes_are_refused_with_their_name() {
         let bad = "[[shape]]\nname = \"x\"\nquestion = \"(\"\nanswer = \"a\"\n";
         let err = parse_shapes(bad).unwrap_err();
@@ -572,11 +686,12 @@ mod tests {
         assert_eq!(shape("").unwrap()[0].rank, Rank::Search);
         assert_eq!(shape("rank = \"whole\"\n").unwrap()[0].rank, Rank::Whole);
         assert_eq!(shape("rank = \"start\"\n").unwrap()[0].rank, Rank::Start);
-        let err = shape("rank = \"first\"\n").unwrap_err();
+        assert_eq!(shape("rank = \"first\"\n").unwrap()[0].rank, Rank::First);
+        let err = shape("rank = \"last\"\n").unwrap_err();
         assert!(err.contains("rank"), "{err}");
         let shapes = embedded();
         let rank_of = |name: &str| shapes.iter().find(|s| s.name == name).map(|s| s.rank);
-        assert_eq!(rank_of("address"), Some(Rank::Start));
+        assert_eq!(rank_of("address"), Some(Rank::First));
         assert_eq!(rank_of("company"), Some(Rank::Search));
         assert_eq!(rank_of("total"), Some(Rank::Whole));
     }

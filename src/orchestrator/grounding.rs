@@ -268,6 +268,7 @@ mod tests {
                     text: t.into(),
                     kind: FindingKind::Text,
                     score: 0.9,
+                    quad: None,
                 },
             );
         }
@@ -309,6 +310,7 @@ mod tests {
                 text: "Total Amount: S8.20".into(),
                 kind: FindingKind::Text,
                 score: 0.9,
+                quad: None,
             },
         );
         // The amount out of the misread "$8.20" stays the amount, not the whole word.

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::agents::{AgentError, Capability, DynAgent};
 use crate::controller::{
-    Controller, ControllerError, Conversation, Decision, ImageFacts, StepContext, Turn,
+    Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText, StepContext, Turn,
 };
 use crate::trace::{TraceEvent, TraceSink};
 use crate::vision::{BBox, Image};
@@ -426,7 +426,12 @@ impl<'o> Session<'o> {
                     .evidence
                     .regions()
                     .iter()
-                    .map(|r| (r.id.clone(), r.text.clone()))
+                    .zip(self.evidence.row_numbers())
+                    .map(|(r, row)| RegionText {
+                        id: r.id.clone(),
+                        text: r.text.clone(),
+                        row,
+                    })
                     .collect(),
                 visual: Vec::new(),
                 // The last step may only answer.

@@ -142,6 +142,42 @@ impl Quad {
         self.map(|p| [p[0].round(), p[1].round()])
     }
 
+    /// The line through the middles of the left and right edges (the text's centre line) and
+    /// the text's height (the mean of those edges' lengths).
+    fn centre_line(&self) -> (Point, Point, f32) {
+        let [p0, p1, p2, p3] = self.0;
+        let left = [(p0[0] + p3[0]) / 2.0, (p0[1] + p3[1]) / 2.0];
+        let right = [(p1[0] + p2[0]) / 2.0, (p1[1] + p2[1]) / 2.0];
+        (left, right, (dist(p0, p3) + dist(p1, p2)) / 2.0)
+    }
+
+    /// The vertical extent of the text at `x`: its centre line there (extended past its ends
+    /// along its slope) plus and minus half its height.
+    fn extent_at(&self, x: f32) -> (f32, f32) {
+        let (l, r, h) = self.centre_line();
+        let dx = r[0] - l[0];
+        let y = if dx.abs() < 1e-3 {
+            (l[1] + r[1]) / 2.0
+        } else {
+            l[1] + (x - l[0]) * (r[1] - l[1]) / dx
+        };
+        (y - h / 2.0, y + h / 2.0)
+    }
+
+    /// Whether two text lines sit on one row: their extents, compared where the two lines
+    /// meet (halfway between their centres), overlap by at least half the smaller height.
+    /// Axis-aligned boxes, this is the overlap of their vertical extents; on a photo taken at
+    /// a slant it follows the lines' slope, where boxes around them would overlap the next
+    /// row's ("BANDAR BUKIT RAJA" and "KLANG SELANGOR" are not one row because their tilted
+    /// boxes overlap).
+    pub fn same_row(&self, o: &Quad) -> bool {
+        let x = (self.bbox().center()[0] + o.bbox().center()[0]) / 2.0;
+        let (a1, a2) = self.extent_at(x);
+        let (b1, b2) = o.extent_at(x);
+        let overlap = (a2.min(b2) - a1.max(b1)).max(0.0);
+        overlap >= 0.5 * (a2 - a1).min(b2 - b1).max(1.0)
+    }
+
     /// Whether `p` lies inside (or on) this convex quad.
     pub fn contains(&self, p: Point) -> bool {
         let mut sign = 0.0f32;
@@ -315,6 +351,36 @@ pub fn expand_rect(q: &Quad, distance: f32) -> Quad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_on_a_slant_are_rows_by_their_slope_not_their_boxes() {
+        // Two lines tilted by about 8 degrees, 30 px apart down the page: their bounding
+        // boxes overlap by most of their height, their text does not.
+        let tilt = |y: f32| {
+            Quad([
+                [0.0, y],
+                [300.0, y + 42.0],
+                [300.0, y + 72.0],
+                [0.0, y + 30.0],
+            ])
+        };
+        let (a, b) = (tilt(100.0), tilt(130.0));
+        assert!(a.bbox().vertical_overlap(&b.bbox()) > 0.5 * a.bbox().height());
+        assert!(!a.same_row(&b));
+        // A label and its value further right on the same tilted row.
+        let value = Quad([
+            [400.0, 156.0],
+            [460.0, 164.4],
+            [460.0, 194.4],
+            [400.0, 186.0],
+        ]);
+        assert!(a.same_row(&value));
+        assert!(!b.same_row(&value));
+        // Axis-aligned: the overlap of the vertical extents, as before.
+        let q = |y1: f32, y2: f32| Quad::from_bbox(&BBox::new(0.0, y1, 100.0, y2));
+        assert!(q(10.0, 30.0).same_row(&q(18.0, 38.0)));
+        assert!(!q(10.0, 30.0).same_row(&q(21.0, 41.0)));
+    }
 
     #[test]
     fn min_area_rect_of_axis_aligned_points() {

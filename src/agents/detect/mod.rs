@@ -432,6 +432,7 @@ impl Agent for DetectAgent {
                 text: d.phrase.clone(),
                 kind: FindingKind::Object,
                 score: d.score,
+                quad: None,
             })
             .collect()
     }

@@ -234,7 +234,7 @@ impl Inner {
                 }
             })
             .collect();
-        let order = reading_order(&lines.iter().map(|l| l.bbox).collect::<Vec<_>>());
+        let order = reading_order(&lines.iter().map(|l| l.quad).collect::<Vec<_>>());
         let mut sorted = Vec::with_capacity(lines.len());
         let mut taken: Vec<Option<TextLine>> = lines.drain(..).map(Some).collect();
         for i in order {
@@ -331,6 +331,7 @@ impl Agent for OcrAgent {
                 text: l.text.clone(),
                 kind: FindingKind::Text,
                 score: l.confidence,
+                quad: Some(l.quad),
             })
             .collect()
     }
