@@ -37,6 +37,9 @@ pub enum TraceEvent {
         stats: StepStats,
         decision: Decision,
         raw: String,
+        /// How an answer's text was chosen (a copy the model preferred, or a shape's rule).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        how: Option<String>,
         elapsed_ms: f64,
     },
     /// An output that could not be used, sent back to the controller.
@@ -202,6 +205,7 @@ pub fn show(events: &[TraceEvent]) -> String {
                 step,
                 stats,
                 decision,
+                how,
                 elapsed_ms,
                 ..
             } => {
@@ -231,6 +235,9 @@ pub fn show(events: &[TraceEvent]) -> String {
                     stats.decode_ms,
                     elapsed_ms
                 ));
+                if let Some(how) = how {
+                    o.push_str(&format!("     {how}\n"));
+                }
             }
             TraceEvent::Repair {
                 step,

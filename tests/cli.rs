@@ -187,6 +187,11 @@ fn ask_prints_the_documented_json_and_its_trace_can_be_shown_and_drawn() {
     assert!(text.contains("What is the total amount?"), "{text}");
     assert!(text.contains("call ocr"), "{text}");
     assert!(text.contains("⇒ 9.00"), "{text}");
+    // Why this text: the total answer shape's spans, the model's choice among them.
+    assert!(
+        text.contains("spans of the `total` answer shape") && text.contains("the model found"),
+        "{text}"
+    );
     let png = dir.path().join("t.png");
     let drawn = p2g()
         .args(["trace", "draw"])

@@ -64,6 +64,7 @@ impl Controller for Scripted {
                     decision,
                     raw: String::new(),
                     stats: StepStats::default(),
+                    how: None,
                 }),
                 Err(reason) => Err(ControllerError::Malformed {
                     output: "<tool_call>{oops".into(),

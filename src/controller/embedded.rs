@@ -230,10 +230,11 @@ impl Controller for EmbeddedController {
                 // One prompt per step: the counters are this step's.
                 let stats = s.take_stats();
                 match result {
-                    Ok((decision, raw)) => Ok(Step {
+                    Ok(Decided { decision, raw, how }) => Ok(Step {
                         decision,
                         raw,
                         stats,
+                        how,
                     }),
                     Err(StepFailure::Malformed { output, reason }) => {
                         Err(ControllerError::Malformed {
@@ -411,6 +412,8 @@ impl CopyConstraint for CopySource {
 struct ShapedSpans {
     spans: Vec<(Vec<u8>, Vec<String>)>,
     rank: Rank,
+    /// The shape's name, for the trace.
+    shape: String,
 }
 
 impl ShapedSpans {
@@ -439,7 +442,23 @@ impl ShapedSpans {
         Self {
             spans,
             rank: shape.rank,
+            shape: shape.name.clone(),
         }
+    }
+
+    /// How a copy from these spans was chosen, in words, for a person reading the trace.
+    fn how_chosen(&self) -> String {
+        let by = match self.rank {
+            Rank::Search => "the model's likeliest copy, token by token",
+            Rank::Whole => "the one the model found likeliest as a whole",
+            Rank::Start => "the one whose first token the model found likeliest",
+            Rank::First => "the first in reading order (a rule: the model was not asked)",
+        };
+        format!(
+            "copied: one of {} spans of the `{}` answer shape in the evidence, {by}",
+            self.spans.len(),
+            self.shape
+        )
     }
 
     fn is_empty(&self) -> bool {
@@ -485,6 +504,13 @@ struct StepInput<'a> {
     observed: bool,
 }
 
+/// A step's decision, the text it amounts to, and how an answer's text was chosen.
+struct Decided {
+    decision: Decision,
+    raw: String,
+    how: Option<String>,
+}
+
 /// One decision built under constraints; returns it with the text it amounts to.
 ///
 /// The model first decides, as it was trained to, whether its turn opens with a tool call;
@@ -496,7 +522,7 @@ fn constrained_step(
     cfg: &EmbeddedConfig,
     input: &StepInput<'_>,
     ctx: &StepContext,
-) -> Result<(Decision, String), StepFailure> {
+) -> Result<Decided, StepFailure> {
     let StepInput {
         tools,
         regions,
@@ -541,15 +567,21 @@ fn constrained_step(
             .map(|shape| ShapedSpans::new(regions, shape))
             .filter(|spans| !spans.is_empty());
         let mut copy = None;
+        let mut how = None;
         if let Some(spans) = &shaped {
             copy = copy_search(s, cfg, spans)?;
+            how = copy.as_ref().map(|_| spans.how_chosen());
         }
         // Otherwise copy mode when the model's own next words start a word of the evidence:
         // the text is then copied from the evidence by construction (a small model otherwise
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
         if copy.is_none() && cfg.copy_answers && source.starts_with_word(&s.peek()?) {
             copy = copy_search(s, cfg, &source)?;
+            if copy.is_some() {
+                how = Some("copied: words of the evidence, the model's likeliest copy".into());
+            }
         }
+        let how = how.unwrap_or_else(|| "written by the model, not copied".into());
         let copying = copy.is_some();
         let (body, closed, mut cited) = if let Some((body, closed, cited)) = copy {
             stream(&body);
@@ -602,8 +634,8 @@ fn constrained_step(
                 reason: format!("the answer text is not a valid JSON string ({e})"),
             })?;
         s.push_text("}}\n</tool_call>")?;
-        return Ok((
-            Decision::Answer {
+        return Ok(Decided {
+            decision: Decision::Answer {
                 text: value.trim().to_string(),
                 grounding: cited
                     .into_iter()
@@ -614,7 +646,8 @@ fn constrained_step(
                     .collect(),
             },
             raw,
-        ));
+            how: Some(how),
+        });
     }
     // An agent call: the arguments object is the model's, checked here and by the agent.
     s.push_text("{")?;
@@ -638,13 +671,14 @@ fn constrained_step(
             reason: format!("the arguments of {name} are not a valid JSON object ({e})"),
         })?;
     s.push_text("}\n</tool_call>")?;
-    Ok((
-        Decision::Call {
+    Ok(Decided {
+        decision: Decision::Call {
             agent: name,
             arguments,
         },
         raw,
-    ))
+        how: None,
+    })
 }
 
 /// Copies the answer from the evidence. The few most likely first tokens that start a word of
@@ -867,7 +901,7 @@ fn free_step(
     cfg: &EmbeddedConfig,
     tools: &[String],
     ctx: &StepContext,
-) -> Result<(Decision, String), StepFailure> {
+) -> Result<Decided, StepFailure> {
     let on_text = ctx.on_text.clone();
     let (text, _) = s.free(
         cfg.max_answer_tokens + 64,
@@ -881,7 +915,12 @@ fn free_step(
     )?;
     let names: Vec<&str> = tools.iter().map(String::as_str).collect();
     match parse_decision(&text, &cfg.prompts.answer_tool.name, &names) {
-        Ok(d) => Ok((d, text)),
+        Ok(decision) => Ok(Decided {
+            how: matches!(decision, Decision::Answer { .. })
+                .then(|| "written by the model (unconstrained)".into()),
+            decision,
+            raw: text,
+        }),
         Err(reason) => Err(StepFailure::Malformed {
             output: text,
             reason,

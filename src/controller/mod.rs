@@ -132,6 +132,9 @@ pub struct Step {
     pub decision: Decision,
     pub raw: String,
     pub stats: StepStats,
+    /// How an answer's text was chosen ("copied: one of 3 spans of the `total` answer shape
+    /// in the evidence, ..."), for a person reading the trace; `None` for tool calls.
+    pub how: Option<String>,
 }
 
 /// Receives answer text as it is generated.

@@ -452,6 +452,7 @@ impl<'o> Session<'o> {
                         stats: s.stats.clone(),
                         decision: s.decision.clone(),
                         raw: s.raw.clone(),
+                        how: s.how.clone(),
                         elapsed_ms: step_ms,
                     });
                     s.decision
