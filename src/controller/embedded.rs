@@ -13,6 +13,7 @@
 //! shares the previous one's prefix (system prompt, tools, earlier turns), so only the new turn
 //! is run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -420,17 +421,13 @@ impl ShapedSpans {
     fn new(regions: &[RegionText], shape: &AnswerShape) -> Self {
         let lines: Vec<String> = regions.iter().map(|r| json_escaped(&r.text)).collect();
         // Each region's row as the controller reads it: its regions' texts, " | " between.
-        let rows: Vec<String> = regions
-            .iter()
-            .map(|r| {
-                let cells: Vec<&str> = regions
-                    .iter()
-                    .filter(|o| o.row == r.row)
-                    .map(|o| o.text.as_str())
-                    .collect();
-                cells.join(" | ")
-            })
-            .collect();
+        let mut cells: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for r in regions {
+            cells.entry(r.row).or_default().push(&r.text);
+        }
+        let joined: BTreeMap<usize, String> =
+            cells.into_iter().map(|(n, c)| (n, c.join(" | "))).collect();
+        let rows: Vec<String> = regions.iter().map(|r| joined[&r.row].clone()).collect();
         let spans = shape
             .find(&lines, &rows)
             .into_iter()
@@ -835,11 +832,7 @@ fn exact_copy(
         return Ok(None);
     };
     s.rewind(&mark);
-    s.push_tokens(&scored[i].0);
-    s.push_tokens(&[quote]);
-    let text = String::from_utf8_lossy(scored[i].1).into_owned();
-    let cited = source.regions_of(scored[i].1);
-    Ok(Some((text, true, cited)))
+    Ok(Some(take_copy(s, source, &scored[i].0, scored[i].1, quote)))
 }
 
 /// Takes the first of `copies` (the shape's spans in reading order) as the answer string,
@@ -853,16 +846,28 @@ fn first_copy(
     let (Some(quote), Some(&copy)) = (lm.encode("\"")?.first().copied(), copies.first()) else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(copy).into_owned();
-    let ids = lm.encode(&text)?;
+    let ids = lm.encode(&String::from_utf8_lossy(copy))?;
     if ids.is_empty() {
         return Ok(None);
     }
-    tracing::debug!(copy = %text, of = copies.len(), "copy by rank = first");
-    s.push_tokens(&ids);
+    let taken = take_copy(s, source, &ids, copy, quote);
+    tracing::debug!(copy = %taken.0, of = copies.len(), "copy by rank = first");
+    Ok(Some(taken))
+}
+
+/// Writes the chosen copy (its tokens `ids`) and the closing quote into the session; returns
+/// the copied text, closed, with the regions it came from.
+fn take_copy(
+    s: &mut Session,
+    source: &dyn CopyConstraint,
+    ids: &[u32],
+    copy: &[u8],
+    quote: u32,
+) -> (String, bool, Vec<String>) {
+    s.push_tokens(ids);
     s.push_tokens(&[quote]);
-    let cited = source.regions_of(copy);
-    Ok(Some((text, true, cited)))
+    let text = String::from_utf8_lossy(copy).into_owned();
+    (text, true, source.regions_of(copy))
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.
