@@ -65,6 +65,7 @@ impl Controller for Scripted {
                     raw: String::new(),
                     stats: StepStats::default(),
                     how: None,
+                    quoted: false,
                 }),
                 Err(reason) => Err(ControllerError::Malformed {
                     output: "<tool_call>{oops".into(),

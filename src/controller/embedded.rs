@@ -23,7 +23,7 @@ use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
-use super::shapes::{shape_for, AnswerShape, Rank};
+use super::shapes::{shape_for, AnswerShape, Rank, RowOf};
 use super::{
     Citation, Controller, ControllerError, Conversation, Decision, RegionText, Step, StepContext,
 };
@@ -231,11 +231,17 @@ impl Controller for EmbeddedController {
                 // One prompt per step: the counters are this step's.
                 let stats = s.take_stats();
                 match result {
-                    Ok(Decided { decision, raw, how }) => Ok(Step {
+                    Ok(Decided {
+                        decision,
+                        raw,
+                        how,
+                        quoted,
+                    }) => Ok(Step {
                         decision,
                         raw,
                         stats,
                         how,
+                        quoted,
                     }),
                     Err(StepFailure::Malformed { output, reason }) => {
                         Err(ControllerError::Malformed {
@@ -427,7 +433,13 @@ impl ShapedSpans {
         }
         let joined: BTreeMap<usize, String> =
             cells.into_iter().map(|(n, c)| (n, c.join(" | "))).collect();
-        let rows: Vec<String> = regions.iter().map(|r| joined[&r.row].clone()).collect();
+        let rows: Vec<RowOf> = regions
+            .iter()
+            .map(|r| RowOf {
+                number: r.row,
+                text: joined[&r.row].clone(),
+            })
+            .collect();
         let spans = shape
             .find(&lines, &rows)
             .into_iter()
@@ -506,6 +518,8 @@ struct Decided {
     decision: Decision,
     raw: String,
     how: Option<String>,
+    /// The answer is one of a shape's spans, whole (`Step::quoted`).
+    quoted: bool,
 }
 
 /// One decision built under constraints; returns it with the text it amounts to.
@@ -569,6 +583,7 @@ fn constrained_step(
             copy = copy_search(s, cfg, spans)?;
             how = copy.as_ref().map(|_| spans.how_chosen());
         }
+        let quoted = copy.is_some();
         // Otherwise copy mode when the model's own next words start a word of the evidence:
         // the text is then copied from the evidence by construction (a small model otherwise
         // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
@@ -644,6 +659,7 @@ fn constrained_step(
             },
             raw,
             how: Some(how),
+            quoted,
         });
     }
     // An agent call: the arguments object is the model's, checked here and by the agent.
@@ -675,6 +691,7 @@ fn constrained_step(
         },
         raw,
         how: None,
+        quoted: false,
     })
 }
 
@@ -925,6 +942,7 @@ fn free_step(
                 .then(|| "written by the model (unconstrained)".into()),
             decision,
             raw: text,
+            quoted: false,
         }),
         Err(reason) => Err(StepFailure::Malformed {
             output: text,

@@ -135,6 +135,10 @@ pub struct Step {
     /// How an answer's text was chosen ("copied: one of 3 spans of the `total` answer shape
     /// in the evidence, ..."), for a person reading the trace; `None` for tool calls.
     pub how: Option<String>,
+    /// The answer's text is quoted whole from the regions it cites (one of an answer shape's
+    /// spans), so grounding keeps it as it is: "10/03/2018" out of the OCR's
+    /// "10/03/20185:41:06" is not widened to the word it stops inside.
+    pub quoted: bool,
 }
 
 /// Receives answer text as it is generated.

@@ -16,6 +16,7 @@
 //! (embedded, overridable with `--prompts DIR`), so a user can add their own or switch them
 //! off with an empty file.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use regex::Regex;
@@ -97,6 +98,18 @@ pub struct AnswerShape {
     /// When some spans start on a row this matches (`row_prefer`), only those are answers
     /// ("TOTAL ROUNDED" over "TOTAL").
     row_prefer: Option<Regex>,
+    /// On the rows `row` and `row_prefer` pick, only the row's first region holding a span
+    /// has answers (`first_on_row`): the value printed after a label, not the cash paid that
+    /// the OCR put on the same row ("TOTAL ROUNDED | 33.90 | RM 50.00").
+    first_on_row: bool,
+    /// A span may also end before a trailing part this matches whole (`trim_end`): the
+    /// registration number printed after a name on its line ("AEON CO. (M) BHD (126926-H)"),
+    /// or a time the OCR glued to a date ("10/03/20185:41:06").
+    trim_end: Option<Regex>,
+    /// A span of lines neither starts nor ends between two regions of one row that both have
+    /// the shape (`whole_rows`, lines only): the OCR reads one name in pieces ("SAM SAM
+    /// TRADING" | "CO"), and a small model stops after the first.
+    whole_rows: bool,
     /// How its copies are ranked (`rank`).
     pub rank: Rank,
 }
@@ -117,12 +130,24 @@ impl PartialEq for AnswerShape {
             && same_pattern(&self.row, &other.row)
             && same_pattern(&self.row_reject, &other.row_reject)
             && same_pattern(&self.row_prefer, &other.row_prefer)
+            && self.first_on_row == other.first_on_row
+            && same_pattern(&self.trim_end, &other.trim_end)
+            && self.whole_rows == other.whole_rows
             && self.rank == other.rank
     }
 }
 
 fn same_pattern(a: &Option<Regex>, b: &Option<Regex>) -> bool {
     a.as_ref().map(Regex::as_str) == b.as_ref().map(Regex::as_str)
+}
+
+/// The row of the image a line of the evidence is on, as the controller is shown it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOf {
+    /// Rows are numbered in reading order; the lines of one row share its number.
+    pub number: usize,
+    /// The texts of its regions, " | " between them.
+    pub text: String,
 }
 
 /// A span of the evidence with a shape: its text and the lines it covers.
@@ -158,6 +183,11 @@ struct ShapeEntry {
     row: Option<String>,
     row_reject: Option<String>,
     row_prefer: Option<String>,
+    #[serde(default)]
+    first_on_row: bool,
+    trim_end: Option<String>,
+    #[serde(default)]
+    whole_rows: bool,
     #[serde(default)]
     rank: Rank,
 }
@@ -202,6 +232,7 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                 ("not_after", e.not_after.is_some()),
                 ("ends_before", e.ends_before.is_some()),
                 ("first_line", e.first_line.is_some()),
+                ("whole_rows", e.whole_rows),
             ] {
                 if set && e.unit != Unit::Lines {
                     return Err(format!(
@@ -229,6 +260,13 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                 row: optional("row", &e.row)?,
                 row_reject: optional("row_reject", &e.row_reject)?,
                 row_prefer: optional("row_prefer", &e.row_prefer)?,
+                first_on_row: e.first_on_row,
+                trim_end: e
+                    .trim_end
+                    .as_deref()
+                    .map(|p| compile("trim_end", &format!("^(?:{p})$")))
+                    .transpose()?,
+                whole_rows: e.whole_rows,
                 name: e.name,
                 unit: e.unit,
                 max_len,
@@ -254,12 +292,27 @@ impl AnswerShape {
         self.answer.is_match(text) && !self.reject.as_ref().is_some_and(|r| r.is_match(text))
     }
 
+    /// `text` and, with `trim_end`, each beginning of it that is left when a trailing part
+    /// the pattern matches whole (and the space before that part) is cut off.
+    fn with_trims<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let mut out = vec![text];
+        if let Some(trim) = &self.trim_end {
+            for (p, _) in text.char_indices().skip(1) {
+                let head = text[..p].trim_end();
+                if !head.is_empty() && !out.contains(&head) && trim.is_match(&text[p..]) {
+                    out.push(head);
+                }
+            }
+        }
+        out
+    }
+
     /// The spans of `lines` (in reading order) with this shape, each once, first occurrence
     /// first; with `first_lines`, only those that start in the first lines. `rows[i]` is the
-    /// text of the row line `i` is on, for the row rules: the preferred rows' spans if there
-    /// are any, else the spans `row` and `row_reject` allow, else every span.
-    pub fn find(&self, lines: &[String], rows: &[String]) -> Vec<Span> {
-        let row_of = |i: usize| rows.get(i).map(String::as_str).unwrap_or("");
+    /// row line `i` is on, for the row rules: the preferred rows' spans if there are any,
+    /// else the spans `row` and `row_reject` allow, else every span.
+    pub fn find(&self, lines: &[String], rows: &[RowOf]) -> Vec<Span> {
+        let row_of = |i: usize| rows.get(i).map(|r| r.text.as_str()).unwrap_or("");
         let allowed = |i: usize| {
             self.row.as_ref().is_none_or(|r| r.is_match(row_of(i)))
                 && !self
@@ -275,46 +328,83 @@ impl AnswerShape {
                     .is_some_and(|r| r.is_match(row_of(i)))
         };
         if self.row_prefer.is_some() {
-            let spans = self.find_where(lines, preferred);
+            let spans = self.first_on_rows(self.find_where(lines, rows, preferred), rows);
             if !spans.is_empty() {
                 return spans;
             }
         }
         if self.row.is_some() || self.row_reject.is_some() {
-            let spans = self.find_where(lines, allowed);
+            let spans = self.first_on_rows(self.find_where(lines, rows, allowed), rows);
             if !spans.is_empty() {
                 return spans;
             }
         }
-        self.find_where(lines, |_| true)
+        self.find_where(lines, rows, |_| true)
+    }
+
+    /// With `first_on_row`, only the spans of each row's first line that has any.
+    fn first_on_rows(&self, spans: Vec<Span>, rows: &[RowOf]) -> Vec<Span> {
+        if !self.first_on_row {
+            return spans;
+        }
+        let row = |s: &Span| rows.get(s.lines.start).map(|r| r.number);
+        let mut first: HashMap<Option<usize>, usize> = HashMap::new();
+        for s in &spans {
+            let line = first.entry(row(s)).or_insert(s.lines.start);
+            *line = (*line).min(s.lines.start);
+        }
+        spans
+            .into_iter()
+            .filter(|s| row(s).is_none() || first.get(&row(s)) == Some(&s.lines.start))
+            .collect()
     }
 
     /// The spans whose first line `starts_ok`, each once, first occurrence first.
-    fn find_where(&self, lines: &[String], starts_ok: impl Fn(usize) -> bool) -> Vec<Span> {
+    fn find_where(
+        &self,
+        lines: &[String],
+        rows: &[RowOf],
+        starts_ok: impl Fn(usize) -> bool,
+    ) -> Vec<Span> {
         let starts = self.first_lines.unwrap_or(usize::MAX).min(lines.len());
         let mut out: Vec<Span> = Vec::new();
-        let mut push = |text: String, lines: Range<usize>| {
+        let mut push = |text: &str, lines: Range<usize>| {
             if starts_ok(lines.start) && !out.iter().any(|s| s.text == text) {
-                out.push(Span { text, lines });
+                out.push(Span {
+                    text: text.to_string(),
+                    lines,
+                });
             }
         };
         match self.unit {
             Unit::Words => {
                 for (i, line) in lines.iter().enumerate().take(starts) {
                     for (a, b) in self.spans(line) {
-                        push(line[a..b].to_string(), i..i + 1);
+                        push(&line[a..b], i..i + 1);
                     }
                 }
             }
             Unit::Lines => {
-                // Not in the line after one that goes on (`not_after`), and only at a line
-                // that may be a first line (`first_line`).
+                // With `whole_rows`, lines `a` and `b` are pieces of one row's text: on one
+                // row, and each has the shape on its own.
+                let pieces = |a: usize, b: usize| {
+                    self.whole_rows
+                        && rows
+                            .get(a)
+                            .zip(rows.get(b))
+                            .is_some_and(|(x, y)| x.number == y.number)
+                        && self.fits(lines[a].trim())
+                        && self.fits(lines[b].trim())
+                };
+                // Not in the line after one that goes on (`not_after`), nor inside a row, and
+                // only at a line that may be a first line (`first_line`).
                 let may_start = |start: usize| {
                     let goes_on = start > 0
-                        && self
-                            .not_after
-                            .as_ref()
-                            .is_some_and(|r| r.is_match(lines[start - 1].trim_end()));
+                        && (pieces(start - 1, start)
+                            || self
+                                .not_after
+                                .as_ref()
+                                .is_some_and(|r| r.is_match(lines[start - 1].trim_end())));
                     !goes_on
                         && self
                             .first_line
@@ -339,8 +429,13 @@ impl AnswerShape {
                                 .ends_before
                                 .as_ref()
                                 .is_none_or(|r| r.is_match(&lines[end]));
-                        if block_ends && self.fits(&text) {
-                            push(text.clone(), start..end);
+                        let inside_row = end < lines.len() && pieces(end - 1, end);
+                        if block_ends && !inside_row {
+                            for t in self.with_trims(&text) {
+                                if self.fits(t) {
+                                    push(t, start..end);
+                                }
+                            }
                         }
                     }
                 }
@@ -351,7 +446,8 @@ impl AnswerShape {
 
     /// Byte ranges of `text` that have this shape: up to `max_words` consecutive words,
     /// starting at a word or at its first digit after a prefix ("RM9.00"), ending at a
-    /// word's end with or without its trailing `.,:;`.
+    /// word's end with or without its trailing `.,:;`, or before a trailing part `trim_end`
+    /// matches.
     pub fn spans(&self, text: &str) -> Vec<(usize, usize)> {
         let b = text.as_bytes();
         let words: Vec<(usize, usize)> = text
@@ -371,11 +467,14 @@ impl AnswerShape {
                 for &(_, end) in words.iter().skip(w).take(self.max_len) {
                     let trimmed = s + text[s..end].trim_end_matches(['.', ',', ':', ';']).len();
                     for e in [end, trimmed] {
-                        if e > s
-                            && !out.contains(&(s, e))
-                            && text.get(s..e).is_some_and(|t| self.fits(t))
-                        {
-                            out.push((s, e));
+                        let Some(t) = text.get(s..e).filter(|t| !t.is_empty()) else {
+                            continue;
+                        };
+                        for t in self.with_trims(t) {
+                            let e = s + t.len();
+                            if !out.contains(&(s, e)) && self.fits(t) {
+                                out.push((s, e));
+                            }
                         }
                     }
                 }
@@ -403,8 +502,25 @@ mod tests {
 
     /// The spans of `shape` over `lines` (regions' texts in reading order).
     fn find_in(shape: &AnswerShape, lines: &[&str]) -> Vec<Span> {
-        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        shape.find(&lines, &lines)
+        let rows: Vec<&[&str]> = lines.iter().map(std::slice::from_ref).collect();
+        find_in_rows(shape, &rows)
+    }
+
+    /// The spans of `shape` over regions read row by row (`rows[n]`: row n's texts).
+    fn find_in_rows(shape: &AnswerShape, rows: &[&[&str]]) -> Vec<Span> {
+        let (lines, rows) = lines_and_rows(rows);
+        shape.find(&lines, &rows)
+    }
+
+    fn lines_and_rows(rows: &[&[&str]]) -> (Vec<String>, Vec<RowOf>) {
+        let lines = rows.iter().flat_map(|r| r.iter().map(|t| t.to_string()));
+        let of = rows.iter().enumerate().flat_map(|(number, r)| {
+            r.iter().map(move |_| RowOf {
+                number,
+                text: r.join(" | "),
+            })
+        });
+        (lines.collect(), of.collect())
     }
 
     fn texts(found: &[Span]) -> Vec<&str> {
@@ -598,7 +714,7 @@ mod tests {
         assert_eq!(found[1].lines, 0..3);
         let shapes = embedded();
         let company = shapes.iter().find(|s| s.name == "company").unwrap();
-        let found = find_in(company, &["ACME SDN BHD", "NO. 5, JALAN SAGU"]);
+        let found = find_in(company, &["ACME SDN BHD", "HARDWARE STORE"]);
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(found.iter().all(|s| s.lines.len() <= 2));
     }
@@ -631,33 +747,103 @@ mod tests {
     fn a_total_is_taken_from_a_total_row_rounded_if_there_is_one() {
         let shapes = embedded();
         let total = shapes.iter().find(|s| s.name == "total").unwrap();
-        // Receipt 002 of SROIE, as the OCR agent reads its rows (label | value).
-        let rows = [
-            ["SUB-TOTAL (EX)", "31.98"],
-            ["TOTAL", "RM 33.92"],
-            ["ROUNDING ADJUSTMENT", "-RM 0.02"],
-            ["TOTAL ROUNDED", "33.90"],
-            ["CASH", "RM 50.00"],
-            ["CHANGE", "RM 16.10"],
+        // Receipt 002 of SROIE, as the OCR agent reads its rows (label | value): the cash paid
+        // is on the rounded total's row, its label "CASH" on a row of its own.
+        let rows: [&[&str]; 6] = [
+            &["SUB-TOTAL (EX)", "31.98"],
+            &["TOTAL", "RM 33.92"],
+            &["ROUNDING ADJUSTMENT", "-RM 0.02"],
+            &["TOTAL ROUNDED", "33.90", "RM 50.00"],
+            &["CASH"],
+            &["CHANGE", "RM 16.10"],
         ];
-        let lines: Vec<String> = rows.iter().flatten().map(|t| t.to_string()).collect();
-        let row_texts: Vec<String> = rows
+        assert_eq!(texts(&find_in_rows(total, &rows)), ["33.90"]);
+        // Without a rounded total, every total row's first amount (but no subtotal or
+        // payment).
+        let (lines, of) = lines_and_rows(&rows);
+        let unrounded: Vec<RowOf> = of
             .iter()
-            .flat_map(|r| [r.join(" | "), r.join(" | ")])
-            .collect();
-        assert_eq!(texts(&total.find(&lines, &row_texts)), ["33.90"]);
-        // Without a rounded total, every total row's amount (but no subtotal or payment).
-        let unrounded: Vec<String> = row_texts
-            .iter()
-            .map(|r| r.replace("TOTAL ROUNDED", "TOTAL PAID"))
+            .map(|r| RowOf {
+                number: r.number,
+                text: r.text.replace("TOTAL ROUNDED", "TOTAL PAID"),
+            })
             .collect();
         assert_eq!(
             texts(&total.find(&lines, &unrounded)),
             ["RM 33.92", "33.92", "33.90"]
         );
-        // Rules about rows give way when no row is labelled: the amounts are still answers.
-        let bare = vec![String::new(); lines.len()];
+        // Rules about rows give way when no row is labelled: every amount is an answer.
+        let bare: Vec<RowOf> = (0..lines.len())
+            .map(|number| RowOf {
+                number,
+                text: String::new(),
+            })
+            .collect();
         assert_eq!(total.find(&lines, &bare).len(), 9);
+    }
+
+    #[test]
+    fn trailing_registration_numbers_and_glued_times_are_cut_off() {
+        let shapes = embedded();
+        let get = |n: &str| shapes.iter().find(|s| s.name == n).unwrap();
+        // Receipt 031: the name and its registration number are one region.
+        let found = find_in(
+            get("company"),
+            &[
+                "AEON CO. （M） BHD （126926-H）",
+                "3RD FLR, AEON TAMAN MALURI SC",
+            ],
+        );
+        assert_eq!(texts(&found)[0], "AEON CO. （M） BHD");
+        assert_eq!(found[0].lines, 0..1);
+        // Receipt 037: the time is read glued to the date's year.
+        assert_eq!(
+            spans_of(get("date"), "Date: 10/03/20185:41:06"),
+            vec!["10/03/2018"]
+        );
+        // Receipt 019: a slash read as a colon.
+        assert_eq!(
+            spans_of(get("date"), "18/03:18 15:17 06051 02"),
+            vec!["18/03:18"]
+        );
+        let bad = "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\ntrim_end = \"(\"\n";
+        let err = parse_shapes(bad).unwrap_err();
+        assert!(err.contains("trim_end"), "{err}");
+    }
+
+    #[test]
+    fn a_name_read_in_pieces_on_one_row_is_one_name() {
+        let shapes = embedded();
+        let company = shapes.iter().find(|s| s.name == "company").unwrap();
+        // Receipt 010: "CO" is a region of its own on the name's row.
+        let rows: [&[&str]; 3] = [
+            &["SAM SAM TRADING", "CO"],
+            &["(742016-W)"],
+            &["67JLN MEUAH 25/63 TMN SRI HUBA"],
+        ];
+        let spans = find_in_rows(company, &rows);
+        // Nor is the street line under it one ("JLN" glued to the number).
+        assert_eq!(texts(&spans), ["SAM SAM TRADING CO"]);
+        // A number on the name's row is not a piece of it (receipt 009).
+        let rows: [&[&str]; 2] = [
+            &["Gerbang Alaf Restaurants Sdn Bhd", "0598"],
+            &["(65351-M）"],
+        ];
+        assert_eq!(
+            texts(&find_in_rows(company, &rows)),
+            ["Gerbang Alaf Restaurants Sdn Bhd"]
+        );
+        // A logo's letter is no part of a name, an estate line no name (receipt 028).
+        let rows: [&[&str]; 3] = [
+            &["A"],
+            &["99 SPEED MART S/B", "519537-X）"],
+            &["TAMAN BERKELEY"],
+        ];
+        assert_eq!(texts(&find_in_rows(company, &rows)), ["99 SPEED MART S/B"]);
+        let lines_only =
+            "[[shape]]\nname = \"x\"\nquestion = \"a\"\nanswer = \"b\"\nwhole_rows = true\n";
+        let err = parse_shapes(lines_only).unwrap_err();
+        assert!(err.contains("whole_rows"), "{err}");
     }
 
     #[test]

@@ -42,8 +42,10 @@ pub const LOCATE_MIN_SIMILARITY: f32 = 0.8;
 /// replace the controller's text.
 pub const COPY_MIN_SIMILARITY: f32 = 0.5;
 
-/// Grounds `text` in the cited regions of `evidence`.
-pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence) -> Grounded {
+/// Grounds `text` in the cited regions of `evidence`. A `quoted` text (the controller copied
+/// it whole from a span of those regions) is kept as it is wherever it occurs in them, even
+/// inside a word: the date "10/03/2018" of the OCR's "10/03/20185:41:06".
+pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: bool) -> Grounded {
     let mut unknown = Vec::new();
     let mut cited = Vec::new();
     for c in citations {
@@ -73,7 +75,7 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence) -> Ground
                     region: r.id.clone(),
                     phrase: None,
                 }];
-                let mut g = ground(text, &cite, evidence);
+                let mut g = ground(text, &cite, evidence, quoted);
                 g.located = true;
                 g.unknown = unknown;
                 return g;
@@ -98,7 +100,9 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence) -> Ground
         joined.push_str(&r.text);
         owners.push((start, joined.len(), i));
     }
-    let best = exact_quote(text, &joined).or_else(|| best_span(text, &joined));
+    let best = exact_quote(text, &joined)
+        .or_else(|| quoted.then(|| anywhere(text, &joined)).flatten())
+        .or_else(|| best_span(text, &joined));
     match best {
         Some((s, e, sim)) if sim >= COPY_MIN_SIMILARITY && !text.trim().is_empty() => {
             let span = joined[s..e].to_string();
@@ -209,6 +213,15 @@ fn exact_quote(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
     })
 }
 
+/// The first occurrence of `needle` (trimmed) in `hay`: (start, end, 1.0).
+fn anywhere(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
+    let n = needle.trim();
+    (!n.is_empty())
+        .then(|| hay.find(n))
+        .flatten()
+        .map(|s| (s, s + n.len(), 1.0))
+}
+
 /// The span of whole words of `hay` most similar to `needle`: (start, end, similarity).
 pub fn best_span(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
     let n: Vec<char> = needle.trim().to_lowercase().chars().collect();
@@ -287,12 +300,12 @@ mod tests {
     #[test]
     fn misread_digits_are_copied_from_the_cited_region() {
         let e = evidence();
-        let g = ground("9.80", &cite(&["r3"]), &e);
+        let g = ground("9.80", &cite(&["r3"]), &e, false);
         assert_eq!(g.text, "9.00");
         assert!(g.copied);
         assert_eq!(g.grounding[0].region, "r3");
         assert_eq!(g.grounding[0].phrase, "9.00");
-        let g = ground("25/12/2019", &cite(&["r2"]), &e);
+        let g = ground("25/12/2019", &cite(&["r2"]), &e, false);
         assert_eq!(g.text, "25/12/2018");
         assert_eq!(
             linked_text(&g.text, &g.grounding),
@@ -314,29 +327,52 @@ mod tests {
             },
         );
         // The amount out of the misread "$8.20" stays the amount, not the whole word.
-        let g = ground("8.20", &cite(&["r1"]), &e);
+        let g = ground("8.20", &cite(&["r1"]), &e, false);
         assert_eq!(g.text, "8.20");
         assert_eq!(g.grounding[0].phrase, "8.20");
         // A quote that stops inside a word is widened to it, as before.
-        let g = ground("9.0", &cite(&["r3"]), &evidence());
+        let g = ground("9.0", &cite(&["r3"]), &evidence(), false);
         assert_eq!(g.text, "9.00");
-        let g = ground("25/12/2018", &cite(&["r2"]), &evidence());
+        let g = ground("25/12/2018", &cite(&["r2"]), &evidence(), false);
         assert_eq!(g.text, "25/12/2018");
+    }
+
+    #[test]
+    fn a_shaped_copy_inside_a_word_stays_as_copied() {
+        let mut e = Evidence::default();
+        e.add(
+            "ocr",
+            &Finding {
+                bbox: BBox::new(5.0, 10.0, 300.0, 30.0),
+                text: "Date: 10/03/20185:41:06".into(),
+                kind: FindingKind::Text,
+                score: 0.9,
+                quad: None,
+            },
+        );
+        // Receipt 037 of SROIE: the time glued to the year. Copied whole from a date span,
+        // the date is kept; a free answer stopping there would be widened to the word.
+        let g = ground("10/03/2018", &cite(&["r1"]), &e, true);
+        assert_eq!(g.text, "10/03/2018");
+        assert!(g.copied);
+        assert_eq!(g.grounding[0].phrase, "10/03/2018");
+        let g = ground("10/03/2018", &cite(&["r1"]), &e, false);
+        assert_eq!(g.text, "10/03/20185");
     }
 
     #[test]
     fn answers_that_do_not_quote_keep_their_text() {
         let e = evidence();
-        let g = ground("It cannot be told from the text", &cite(&["r1"]), &e);
+        let g = ground("It cannot be told from the text", &cite(&["r1"]), &e, false);
         assert!(!g.copied);
         assert_eq!(g.text, "It cannot be told from the text");
         assert_eq!(g.grounding[0].phrase, "SYARIKAT PERNIAGAAN GIN KEE");
-        let g = ground("9.00", &cite(&["r9"]), &e);
+        let g = ground("9.00", &cite(&["r9"]), &e, false);
         assert_eq!(g.unknown, vec!["r9".to_string()]);
         // Cited nothing that exists, but the text is quoted from r3: p2g finds it.
         assert!(g.located);
         assert_eq!(g.grounding[0].region, "r3");
-        let g = ground("It is blue", &[], &e);
+        let g = ground("It is blue", &[], &e, false);
         assert!(g.grounding.is_empty() && !g.located);
     }
 }

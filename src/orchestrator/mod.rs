@@ -445,7 +445,7 @@ impl<'o> Session<'o> {
                 .instrument(tracing::info_span!("decide", step))
                 .await;
             let step_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let decision = match decided {
+            let (decision, quoted) = match decided {
                 Ok(s) => {
                     self.trace.record(TraceEvent::Step {
                         step,
@@ -455,7 +455,7 @@ impl<'o> Session<'o> {
                         how: s.how.clone(),
                         elapsed_ms: step_ms,
                     });
-                    s.decision
+                    (s.decision, s.quoted)
                 }
                 Err(ControllerError::Malformed {
                     output,
@@ -485,7 +485,7 @@ impl<'o> Session<'o> {
             };
             match decision {
                 Decision::Answer { text, grounding } => {
-                    let g = grounding::ground(&text, &grounding, &self.evidence);
+                    let g = grounding::ground(&text, &grounding, &self.evidence, quoted);
                     let linked = grounding::linked_text(&g.text, &g.grounding);
                     let elapsed_ms = started.elapsed().as_millis() as u64;
                     self.trace.record(TraceEvent::Answer {
