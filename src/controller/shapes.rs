@@ -342,20 +342,20 @@ impl AnswerShape {
         self.find_where(lines, rows, |_| true)
     }
 
-    /// With `first_on_row`, only the spans of each row's first line that has any.
+    /// With `first_on_row`, only the spans of each row's first line that has any (`spans`
+    /// come in reading order, as `find_where` gives them).
     fn first_on_rows(&self, spans: Vec<Span>, rows: &[RowOf]) -> Vec<Span> {
         if !self.first_on_row {
             return spans;
         }
-        let row = |s: &Span| rows.get(s.lines.start).map(|r| r.number);
-        let mut first: HashMap<Option<usize>, usize> = HashMap::new();
-        for s in &spans {
-            let line = first.entry(row(s)).or_insert(s.lines.start);
-            *line = (*line).min(s.lines.start);
-        }
+        let mut first: HashMap<usize, usize> = HashMap::new();
         spans
             .into_iter()
-            .filter(|s| row(s).is_none() || first.get(&row(s)) == Some(&s.lines.start))
+            .filter(|s| {
+                rows.get(s.lines.start).is_none_or(|r| {
+                    *first.entry(r.number).or_insert(s.lines.start) == s.lines.start
+                })
+            })
             .collect()
     }
 

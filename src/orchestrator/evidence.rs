@@ -113,7 +113,7 @@ fn shown_text(r: &Region) -> String {
     }
 }
 
-/// Whether two boxes sit on one text row (they overlap for most of the shorter one's height).
+/// Whether two regions sit on one text row ([`Quad::same_row`] of their outlines).
 fn same_row(a: &Region, b: &Region) -> bool {
     a.outline().same_row(&b.outline())
 }

@@ -100,9 +100,7 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: b
         joined.push_str(&r.text);
         owners.push((start, joined.len(), i));
     }
-    let best = exact_quote(text, &joined)
-        .or_else(|| quoted.then(|| anywhere(text, &joined)).flatten())
-        .or_else(|| best_span(text, &joined));
+    let best = exact_quote(text, &joined, quoted).or_else(|| best_span(text, &joined));
     match best {
         Some((s, e, sim)) if sim >= COPY_MIN_SIMILARITY && !text.trim().is_empty() => {
             let span = joined[s..e].to_string();
@@ -194,32 +192,29 @@ fn words(s: &str) -> Vec<(usize, usize)> {
 }
 
 /// Where `needle` (trimmed) occurs in `hay` exactly and ends where a word ends (before a space,
-/// the end, or trailing `.,:;` and then one of those): (start, end, 1.0).
+/// the end, or trailing `.,:;` and then one of those): (start, end, 1.0). A `quoted` needle
+/// (copied whole from a span of `hay`) may also end inside a word: its first occurrence.
 ///
 /// Why: an answer copied from part of a word is already grounded and must stay as copied —
 /// the amount "8.20" out of the OCR's "S8.20" (a misread "$8.20"), the date out of
 /// "Date:25/12/2018". Widening it to whole words would undo the copy. An answer that stops
-/// inside a word ("9.0" of "9.00") is not a quote of it and goes to [`best_span`].
-fn exact_quote(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
+/// inside a word ("9.0" of "9.00") is not a quote of it, unless `quoted`, and goes to
+/// [`best_span`].
+fn exact_quote(needle: &str, hay: &str, quoted: bool) -> Option<(usize, usize, f32)> {
     let n = needle.trim();
     if n.is_empty() {
         return None;
     }
-    hay.match_indices(n).find_map(|(s, _)| {
-        let e = s + n.len();
-        let rest = hay[e..].trim_start_matches(['.', ',', ':', ';']);
-        let ends_word = rest.is_empty() || rest.starts_with(char::is_whitespace);
-        ends_word.then_some((s, e, 1.0))
-    })
-}
-
-/// The first occurrence of `needle` (trimmed) in `hay`: (start, end, 1.0).
-fn anywhere(needle: &str, hay: &str) -> Option<(usize, usize, f32)> {
-    let n = needle.trim();
-    (!n.is_empty())
-        .then(|| hay.find(n))
-        .flatten()
-        .map(|s| (s, s + n.len(), 1.0))
+    let ends_word = |&s: &usize| {
+        let rest = hay[s + n.len()..].trim_start_matches(['.', ',', ':', ';']);
+        rest.is_empty() || rest.starts_with(char::is_whitespace)
+    };
+    let mut at = hay.match_indices(n).map(|(s, _)| s);
+    let s = at
+        .clone()
+        .find(ends_word)
+        .or_else(|| at.next().filter(|_| quoted))?;
+    Some((s, s + n.len(), 1.0))
 }
 
 /// The span of whole words of `hay` most similar to `needle`: (start, end, similarity).

@@ -11,7 +11,7 @@ use crate::vision::Quad;
 /// Indices of `quads` in reading order.
 pub fn reading_order(quads: &[Quad]) -> Vec<usize> {
     let centre_y = |q: &Quad| q.0.iter().map(|p| p[1]).sum::<f32>() / 4.0;
-    let left = |q: &Quad| q.0.iter().map(|p| p[0]).fold(f32::INFINITY, f32::min);
+    let left = |q: &Quad| q.bbox().x1;
     let mut idx: Vec<usize> = (0..quads.len()).collect();
     idx.sort_by(|&a, &b| {
         centre_y(&quads[a])
