@@ -6,34 +6,32 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
 use serde::Serialize;
 
 use p2g::orchestrator::AskOptions;
 use p2g::vision::{Image, LoadOptions};
 
-use super::setup::{build, LoopArgs};
+use super::median;
+use crate::cli::setup::{build, LoopArgs};
 
-#[derive(Subcommand, Debug)]
-pub enum EvalCmd {
-    /// Ask for company, date, address and total on each receipt of DIR (img/, key/).
-    Sroie {
-        dir: PathBuf,
-        /// One JSON line per question, then the summary object.
-        #[arg(long)]
-        json: bool,
-        /// Only the first N receipts (by name).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Append every step of every question to FILE.
-        #[arg(long, value_name = "FILE")]
-        trace: Option<PathBuf>,
-        /// Ask only these fields (comma-separated), in this order; the others are not scored.
-        #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELDS")]
-        fields: Vec<Field>,
-        #[command(flatten)]
-        args: LoopArgs,
-    },
+/// Ask for company, date, address and total on each receipt of DIR (img/, key/).
+#[derive(clap::Args, Debug)]
+pub struct SroieCmd {
+    dir: PathBuf,
+    /// One JSON line per question, then the summary object.
+    #[arg(long)]
+    json: bool,
+    /// Only the first N receipts (by name).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Append every step of every question to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Ask only these fields (comma-separated), in this order; the others are not scored.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELDS")]
+    fields: Vec<Field>,
+    #[command(flatten)]
+    args: LoopArgs,
 }
 
 /// A key field of an SROIE receipt.
@@ -148,8 +146,8 @@ fn receipts(dir: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
     Ok(out)
 }
 
-pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
-    let EvalCmd::Sroie {
+pub fn run(cmd: SroieCmd) -> Result<ExitCode> {
+    let SroieCmd {
         dir,
         json,
         limit,
@@ -167,7 +165,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         items.truncate(n);
     }
     let orch = build(&args, p2g::orchestrator::History::Evidence)?;
-    let rt = super::setup::runtime()?;
+    let rt = crate::cli::setup::runtime()?;
     let mut results: Vec<QuestionResult> = Vec::new();
     let mut receipts_read = 0usize;
     let mut out = std::io::stdout().lock();
@@ -263,15 +261,7 @@ pub fn run(cmd: EvalCmd) -> Result<ExitCode> {
         total: acc(Some(Field::Total), sim),
         overall: acc(None, sim),
     };
-    let mut secs: Vec<f64> = results.iter().map(|r| r.seconds).collect();
-    secs.sort_by(f64::total_cmp);
-    let median_s = if secs.is_empty() {
-        0.0
-    } else if secs.len() % 2 == 1 {
-        secs[secs.len() / 2]
-    } else {
-        (secs[secs.len() / 2 - 1] + secs[secs.len() / 2]) / 2.0
-    };
+    let median_s = median(results.iter().map(|r| r.seconds).collect());
     let summary = Summary {
         n: receipts_read,
         accuracy: summarise(false),
