@@ -64,11 +64,41 @@ pub enum Capability {
     Appearance,
 }
 
-/// What a type-erased call returns: the agent's own output as JSON, plus its findings.
+/// A place where an agent saw something it could not read (or name) well: worth a closer
+/// look. The orchestrator's zoom policy reads these to decide where to look again when the
+/// evidence does not answer a question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    /// Where, in image pixels.
+    pub bbox: BBox,
+    pub kind: LeadKind,
+    /// The height of the text there, in image pixels, where the agent could tell it (a zoom
+    /// is sized to bring it to the height the reader reads best).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_height: Option<f32>,
+    /// What was read there, if anything (a low-confidence reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The agent's confidence in what it read there (0 when nothing was read).
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeadKind {
+    /// The detector saw text-like pixels there but no line came out of them.
+    UnreadText,
+    /// A line was read there with low confidence (kept or dropped).
+    LowConfidence,
+}
+
+/// What a type-erased call returns: the agent's own output as JSON, plus its findings and
+/// the places it could not read well.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AgentReply {
     pub output: serde_json::Value,
     pub findings: Vec<Finding>,
+    pub leads: Vec<Lead>,
 }
 
 /// Errors of the agents layer.
@@ -105,6 +135,17 @@ pub trait Agent: Send + Sync {
     /// What this agent can perceive.
     fn capabilities(&self) -> Vec<Capability> {
         Vec::new()
+    }
+
+    /// Places in an output the agent could not read well ([`Lead`]).
+    fn leads(&self, _output: &Self::Output) -> Vec<Lead> {
+        Vec::new()
+    }
+
+    /// The arguments that make this agent look at `region` magnified (a zoom), for agents
+    /// that can; `None` for the others. The orchestrator zooms on its own with these.
+    fn zoom_arguments(&self, _region: &BBox) -> Option<serde_json::Value> {
+        None
     }
 
     /// Runs the agent on an image.
@@ -191,6 +232,7 @@ pub trait DynAgent: Send + Sync {
     fn name(&self) -> &str;
     fn definition(&self) -> ToolDefinition;
     fn capabilities(&self) -> Vec<Capability>;
+    fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value>;
     fn call<'a>(
         &'a self,
         image: &'a Image,
@@ -211,6 +253,10 @@ impl<A: Agent> DynAgent for A {
         Agent::capabilities(self)
     }
 
+    fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value> {
+        Agent::zoom_arguments(self, region)
+    }
+
     fn call<'a>(
         &'a self,
         image: &'a Image,
@@ -224,11 +270,16 @@ impl<A: Agent> DynAgent for A {
                 })?;
             let out = self.run(image, args).await?;
             let findings = self.findings(&out);
+            let leads = self.leads(&out);
             let output = serde_json::to_value(out).map_err(|e| AgentError::Inference {
                 agent: Agent::name(self).to_string(),
                 reason: e.to_string(),
             })?;
-            Ok(AgentReply { output, findings })
+            Ok(AgentReply {
+                output,
+                findings,
+                leads,
+            })
         })
     }
 }
