@@ -10,12 +10,20 @@
 //!   minimum-area rectangles), crops, tiling and drawing. Knows nothing of models.
 //! - [`models`]: the model store — a pinned manifest of every model file, fetched from a package
 //!   registry on first use, verified and cached — and the ONNX Runtime loader.
-//! - [`agents`]: the expert agents behind one small typed [`agents::Agent`] trait, starting with
-//!   the PP-OCRv5 [`agents::ocr`] pipeline.
+//! - [`agents`]: the expert agents behind one small typed [`agents::Agent`] trait: the PP-OCRv5
+//!   [`agents::ocr`] pipeline (which also reads regions zoomed) and Grounding DINO
+//!   [`agents::detect`].
+//! - [`controller`]: the model that decides the next step (the embedded GGUF controller).
+//! - [`answer`]: how an answer is taken from the evidence — candidate spans, the controller's
+//!   likelihood over them against "not in the evidence", answer shapes, grounding.
+//! - [`orchestrator`]: the loop — steps, budgets, evidence, and the zoom policy that goes back
+//!   to the image when the evidence does not answer.
+//! - [`trace`]: every step as JSON lines, shown and drawn.
 //!
 //! Each layer has its own error enum; only the `p2g` binary folds them into `anyhow`.
 
 pub mod agents;
+pub mod answer;
 pub mod controller;
 pub mod models;
 pub mod orchestrator;

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::grounding::Grounding;
 use crate::controller::{Decision, StepStats};
 use crate::orchestrator::evidence::Region;
-use crate::orchestrator::grounding::Grounding;
+use crate::orchestrator::ZoomRecord;
 use crate::vision::draw::{default_thickness, draw_quad, save, PALETTE};
 use crate::vision::{BBox, Image, LoadOptions, Quad, VisionError};
 
@@ -59,6 +60,9 @@ pub enum TraceEvent {
         status: String,
         summary: String,
         regions: Vec<Region>,
+        /// A read the loop chose to make magnified (a zoom): where, how much, why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zoom: Option<ZoomRecord>,
         elapsed_ms: f64,
     },
     Answer {
@@ -224,6 +228,7 @@ pub fn show(events: &[TraceEvent]) -> String {
                         }
                     ),
                     Decision::Call { agent, arguments } => format!("call {agent} {arguments}"),
+                    Decision::NotFound { .. } => "not found in the evidence".to_string(),
                 };
                 o.push_str(&format!(
                     "  {step}. {what}\n     prompt {} tokens ({} reused, {} run in {:.0} ms), {} generated in {:.0} ms; step {:.0} ms\n",
@@ -255,9 +260,22 @@ pub fn show(events: &[TraceEvent]) -> String {
                 status,
                 summary,
                 regions,
+                zoom,
                 elapsed_ms,
                 ..
             } => {
+                if let Some(z) = zoom {
+                    let w = z.window.rounded();
+                    o.push_str(&format!(
+                        "     zoom into [{:.0},{:.0},{:.0},{:.0}]{}: {}\n",
+                        w.x1,
+                        w.y1,
+                        w.x2,
+                        w.y2,
+                        z.scale.map(|s| format!(" x{s:.1}")).unwrap_or_default(),
+                        z.why
+                    ));
+                }
                 o.push_str(&format!(
                     "     {agent}: {status}, {summary} ({elapsed_ms:.0} ms)\n"
                 ));
@@ -319,7 +337,8 @@ pub fn show(events: &[TraceEvent]) -> String {
     o
 }
 
-/// Draws a trace on its image: every evidence region thin, cited regions thick. Uses the image
+/// Draws a trace on its image: every evidence region thin, zoomed windows dashed-thick in
+/// their own colour, cited regions thick. Uses the image
 /// of the trace's first question unless `image` is given; only questions about that image are
 /// drawn.
 pub fn draw(events: &[TraceEvent], image: Option<&Path>, out: &Path) -> Result<usize, TraceError> {
@@ -343,7 +362,10 @@ pub fn draw(events: &[TraceEvent], image: Option<&Path>, out: &Path) -> Result<u
             TraceEvent::Question { image, .. } => {
                 on_image = image.as_str() == wanted || image.is_empty()
             }
-            TraceEvent::Tool { regions, .. } if on_image => {
+            TraceEvent::Tool { regions, zoom, .. } if on_image => {
+                if let Some(z) = zoom {
+                    draw_quad(&mut canvas, &Quad::from_bbox(&z.window), PALETTE[1], t);
+                }
                 for r in regions {
                     draw_quad(
                         &mut canvas,

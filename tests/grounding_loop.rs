@@ -66,6 +66,7 @@ impl Controller for Scripted {
                     stats: StepStats::default(),
                     how: None,
                     quoted: false,
+                    source: Default::default(),
                 }),
                 Err(reason) => Err(ControllerError::Malformed {
                     output: "<tool_call>{oops".into(),

@@ -11,7 +11,7 @@ use p2g::controller::llm::prompt_cache::PromptCache;
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{ControllerChoice, EmbeddedController};
 use p2g::models::Store;
-use p2g::orchestrator::{History, Orchestrator};
+use p2g::orchestrator::{History, Orchestrator, ZoomBudget};
 
 use super::ModelArgs;
 
@@ -72,6 +72,15 @@ pub struct LoopArgs {
     #[arg(long)]
     pub no_prompt_cache: bool,
 
+    /// Zoomed reads the loop may make on its own per question, when the evidence does not
+    /// answer or an answer's reading is weak (0: never).
+    #[arg(long, value_name = "N", default_value_t = ZoomBudget::default().max_zooms)]
+    pub max_zooms: usize,
+
+    /// Seconds of zoomed reads per question; no zoom starts after them.
+    #[arg(long, value_name = "SECS", default_value_t = ZoomBudget::default().max_seconds)]
+    pub zoom_seconds: f64,
+
     /// Refuse images with more pixels than this (protects against decompression bombs).
     #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -111,6 +120,11 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         .controller(controller)
         .max_steps(args.max_steps)
         .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)))
+        .zoom_budget(ZoomBudget {
+            max_zooms: args.max_zooms,
+            max_seconds: args.zoom_seconds.max(0.0),
+            ..ZoomBudget::default()
+        })
         .history(match args.history {
             Some(HistoryArg::Full) => History::Full,
             Some(HistoryArg::Evidence) => History::Evidence,

@@ -13,7 +13,6 @@
 //! shares the previous one's prefix (system prompt, tools, earlier turns), so only the new turn
 //! is run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,11 +22,17 @@ use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
 use super::prompt::{render_conversation, Prompts};
-use super::shapes::{shape_for, AnswerShape, Rank, RowOf};
 use super::{
-    Citation, Controller, ControllerError, Conversation, Decision, RegionText, Step, StepContext,
+    AnswerSource, Citation, Controller, ControllerError, Conversation, Decision, RegionText, Step,
+    StepContext,
 };
 use crate::agents::BoxFuture;
+use crate::answer::copy::{json_escaped, ShapedSpans};
+use crate::answer::rank::{
+    choose, copy_search, write_answer, Calibration, ChooseLimits, SearchLimits,
+};
+use crate::answer::shapes::shape_for;
+use crate::answer::{candidates, looks_like_box_or_id, reads_as_document};
 use crate::models::{ModelSource, Store};
 
 /// The embedded models p2g can fetch.
@@ -168,7 +173,25 @@ impl EmbeddedController {
     /// The prompt text a conversation renders to (for inspection and tests).
     pub fn render(&self, conv: &Conversation) -> Result<String, ControllerError> {
         let template = self.lm.chat_template().unwrap_or_default();
-        render_conversation(&self.cfg.prompts, template, conv, false)
+        render_conversation(&self.cfg.prompts, template, conv, false, None)
+    }
+
+    /// The prompt with the last question replaced by the neutral one (`answers.toml`), to
+    /// calibrate answers against; `None` when calibration is off.
+    fn neutral_tokens(&self, conv: &Conversation) -> Result<Option<Vec<u32>>, ControllerError> {
+        let answers = &self.cfg.prompts.answers;
+        if answers.calibration <= 0.0 || conv.regions.is_empty() {
+            return Ok(None);
+        }
+        let template = self.lm.chat_template().unwrap_or_default();
+        let text = render_conversation(
+            &self.cfg.prompts,
+            template,
+            conv,
+            false,
+            Some(&answers.neutral_question),
+        )?;
+        Ok(Some(self.lm.encode(&text)?))
     }
 }
 
@@ -187,16 +210,20 @@ impl Controller for EmbeddedController {
             // The whole prompt, for `RUST_LOG=p2g::controller=trace`: what the model was shown.
             tracing::trace!(%prompt, "controller prompt");
             let tokens = self.lm.encode(&prompt)?;
+            let neutral = self.neutral_tokens(conv)?;
             let session = self.session.clone();
             let cfg = self.cfg.clone();
             let ctx = ctx.clone();
             let tools: Vec<String> = conv.tools.iter().map(|t| t.name.clone()).collect();
             let regions = conv.regions.clone();
             let must_answer = conv.must_answer;
-            let question = conv.turns.iter().rev().find_map(|t| match t {
-                super::Turn::Question { text, .. } => Some(text.clone()),
-                _ => None,
-            });
+            let question = conv.question().map(str::to_string);
+            let document = reads_as_document(
+                &conv.regions,
+                conv.image.width,
+                conv.image.height,
+                &self.cfg.prompts.answers,
+            );
             let observed = conv
                 .turns
                 .iter()
@@ -218,6 +245,9 @@ impl Controller for EmbeddedController {
                         question: question.as_deref(),
                         must_answer,
                         observed,
+                        document,
+                        neutral: neutral.as_deref(),
+                        prompt_len: tokens.len(),
                     };
                     constrained_step(&mut s, &cfg, &step, &ctx)
                 } else {
@@ -235,13 +265,14 @@ impl Controller for EmbeddedController {
                         decision,
                         raw,
                         how,
-                        quoted,
+                        source,
                     }) => Ok(Step {
                         decision,
                         raw,
                         stats,
                         how,
-                        quoted,
+                        quoted: source != AnswerSource::Model,
+                        source,
                     }),
                     Err(StepFailure::Malformed { output, reason }) => {
                         Err(ControllerError::Malformed {
@@ -286,90 +317,6 @@ fn warm_start(cache: &PromptCache, s: &mut Session, tokens: &[u32]) -> Option<us
     }
 }
 
-/// `t` as it appears inside a JSON string (what the answer string holds), without the quotes.
-fn json_escaped(t: &str) -> String {
-    let quoted = serde_json::to_string(t).unwrap_or_default();
-    // Strip exactly one quote each side: a text ending in `"` ends in `\""` here.
-    quoted
-        .strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The evidence texts an answer may be copied from: every region's text (JSON-escaped, as the
-/// answer string holds it) joined with spaces in region order, so a copy may run across
-/// consecutive lines (an address).
-struct CopySource {
-    text: Vec<u8>,
-    /// Byte offsets where words start.
-    starts: Vec<usize>,
-    /// (start, end, region id) of each region's text in `text`.
-    spans: Vec<(usize, usize, String)>,
-}
-
-impl CopySource {
-    fn new(regions: &[RegionText]) -> Self {
-        let mut text = Vec::new();
-        let mut spans = Vec::new();
-        for RegionText { id, text: t, .. } in regions {
-            if !text.is_empty() {
-                text.push(b' ');
-            }
-            let start = text.len();
-            text.extend_from_slice(json_escaped(t).as_bytes());
-            spans.push((start, text.len(), id.clone()));
-        }
-        let starts = (0..text.len())
-            .filter(|&i| text[i] != b' ' && (i == 0 || text[i - 1] == b' '))
-            .collect();
-        Self {
-            text,
-            starts,
-            spans,
-        }
-    }
-
-    /// Whether `prefix` (leading spaces ignored) begins a word of the evidence.
-    fn starts_with_word(&self, prefix: &[u8]) -> bool {
-        let p = prefix.trim_ascii_start();
-        !p.is_empty() && self.has_at_word(p)
-    }
-
-    /// Whether `t` occurs in the evidence starting at a word.
-    fn has_at_word(&self, t: &[u8]) -> bool {
-        self.find(t).is_some()
-    }
-
-    fn find(&self, t: &[u8]) -> Option<usize> {
-        self.starts
-            .iter()
-            .copied()
-            .find(|&p| self.text.len() >= p + t.len() && &self.text[p..p + t.len()] == t)
-    }
-
-    /// The regions the copy `t` came from: its first occurrence that ends a word ("9.00" is
-    /// the line "TOTAL 9.00", not the start of "9.000"), else its first occurrence.
-    fn regions_of(&self, t: &[u8]) -> Vec<String> {
-        let t = t.trim_ascii_end();
-        let whole = self.starts.iter().copied().find(|&p| {
-            let e = p + t.len();
-            self.text.len() >= e
-                && &self.text[p..e] == t
-                && (e == self.text.len() || self.text[e] == b' ')
-        });
-        let Some(p) = whole.or_else(|| self.find(t)) else {
-            return Vec::new();
-        };
-        let e = p + t.len();
-        self.spans
-            .iter()
-            .filter(|(a, b, _)| *a < e && p < *b)
-            .map(|(_, _, id)| id.clone())
-            .collect()
-    }
-}
-
 enum StepFailure {
     Malformed { output: String, reason: String },
     Model(LlmError),
@@ -381,128 +328,6 @@ impl From<LlmError> for StepFailure {
     }
 }
 
-/// What a copied answer may be: `copy_search` asks it about every token.
-trait CopyConstraint {
-    /// Whether a copy may begin with `t` (a first token).
-    fn begins(&self, t: &[u8]) -> bool;
-    /// Whether the copy may be `t` so far (`closes`: and end there).
-    fn allows(&self, t: &[u8], closes: bool) -> bool;
-    /// The regions the finished copy `t` came from.
-    fn regions_of(&self, t: &[u8]) -> Vec<String>;
-    /// How finished copies are ranked against each other.
-    fn rank(&self) -> Rank {
-        Rank::Search
-    }
-    /// Every copy allowed, where the constraint is a list of them (a shape's spans); free
-    /// copying from the evidence has no such list.
-    fn complete(&self) -> Option<Vec<&[u8]>> {
-        None
-    }
-}
-
-impl CopyConstraint for CopySource {
-    fn begins(&self, t: &[u8]) -> bool {
-        self.has_at_word(t)
-    }
-
-    fn allows(&self, t: &[u8], _closes: bool) -> bool {
-        self.has_at_word(t)
-    }
-
-    fn regions_of(&self, t: &[u8]) -> Vec<String> {
-        CopySource::regions_of(self, t)
-    }
-}
-
-/// The spans of the evidence with a question's answer shape (JSON-escaped, as the answer
-/// string holds them), each with the regions it covers: a copy must be one of them, whole.
-struct ShapedSpans {
-    spans: Vec<(Vec<u8>, Vec<String>)>,
-    rank: Rank,
-    /// The shape's name, for the trace.
-    shape: String,
-}
-
-impl ShapedSpans {
-    fn new(regions: &[RegionText], shape: &AnswerShape) -> Self {
-        let lines: Vec<String> = regions.iter().map(|r| json_escaped(&r.text)).collect();
-        // Each region's row as the controller reads it: its regions' texts, " | " between.
-        let mut cells: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-        for r in regions {
-            cells.entry(r.row).or_default().push(&r.text);
-        }
-        let joined: BTreeMap<usize, String> =
-            cells.into_iter().map(|(n, c)| (n, c.join(" | "))).collect();
-        let rows: Vec<RowOf> = regions
-            .iter()
-            .map(|r| RowOf {
-                number: r.row,
-                text: joined[&r.row].clone(),
-            })
-            .collect();
-        let spans = shape
-            .find(&lines, &rows)
-            .into_iter()
-            .map(|span| {
-                let ids = regions[span.lines].iter().map(|r| r.id.clone());
-                (span.text.into_bytes(), ids.collect())
-            })
-            .collect();
-        Self {
-            spans,
-            rank: shape.rank,
-            shape: shape.name.clone(),
-        }
-    }
-
-    /// How a copy from these spans was chosen, in words, for a person reading the trace.
-    fn how_chosen(&self) -> String {
-        let by = match self.rank {
-            Rank::Search => "the model's likeliest copy, token by token",
-            Rank::Whole => "the one the model found likeliest as a whole",
-            Rank::Start => "the one whose first token the model found likeliest",
-            Rank::First => "the first in reading order (a rule: the model was not asked)",
-        };
-        format!(
-            "copied: one of {} spans of the `{}` answer shape in the evidence, {by}",
-            self.spans.len(),
-            self.shape
-        )
-    }
-
-    fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-}
-
-impl CopyConstraint for ShapedSpans {
-    fn begins(&self, t: &[u8]) -> bool {
-        self.allows(t, false)
-    }
-
-    fn allows(&self, t: &[u8], closes: bool) -> bool {
-        self.spans
-            .iter()
-            .any(|(s, _)| if closes { s == t } else { s.starts_with(t) })
-    }
-
-    fn regions_of(&self, t: &[u8]) -> Vec<String> {
-        self.spans
-            .iter()
-            .find(|(s, _)| s == t)
-            .map(|(_, ids)| ids.clone())
-            .unwrap_or_default()
-    }
-
-    fn rank(&self) -> Rank {
-        self.rank
-    }
-
-    fn complete(&self) -> Option<Vec<&[u8]>> {
-        Some(self.spans.iter().map(|(s, _)| s.as_slice()).collect())
-    }
-}
-
 /// What one constrained step is decided on, besides the prompt.
 struct StepInput<'a> {
     tools: &'a [String],
@@ -511,6 +336,12 @@ struct StepInput<'a> {
     question: Option<&'a str>,
     must_answer: bool,
     observed: bool,
+    /// The evidence reads as a document (document answer shapes apply).
+    document: bool,
+    /// The prompt with a neutral question, to calibrate answers against.
+    neutral: Option<&'a [u32]>,
+    /// Tokens of the prompt (before the step's own output).
+    prompt_len: usize,
 }
 
 /// A step's decision, the text it amounts to, and how an answer's text was chosen.
@@ -518,8 +349,9 @@ struct Decided {
     decision: Decision,
     raw: String,
     how: Option<String>,
-    /// The answer is one of a shape's spans, whole (`Step::quoted`).
-    quoted: bool,
+    /// Where an answer's text came from; a copy (a shape's span, an evidence span) is quoted
+    /// whole (`Step::quoted`).
+    source: AnswerSource,
 }
 
 /// One decision built under constraints; returns it with the text it amounts to.
@@ -536,7 +368,6 @@ fn constrained_step(
 ) -> Result<Decided, StepFailure> {
     let StepInput {
         tools,
-        regions,
         must_answer,
         observed,
         ..
@@ -561,106 +392,7 @@ fn constrained_step(
     };
     s.push_text(", \"arguments\": ")?;
     if name == answer {
-        s.push_text("{\"text\": \"")?;
-        let on_text = ctx.on_text.clone();
-        let stream = |chunk: &str| {
-            if let Some(f) = &on_text {
-                f(chunk);
-            }
-        };
-        let source = CopySource::new(regions);
-        // A question with an answer shape (a date, an amount) whose shape occurs in the
-        // evidence is answered with one of those spans, whatever the model's first token.
-        let shaped = input
-            .question
-            .filter(|_| cfg.copy_answers)
-            .and_then(|q| shape_for(&cfg.prompts.shapes, q))
-            .map(|shape| ShapedSpans::new(regions, shape))
-            .filter(|spans| !spans.is_empty());
-        let mut copy = None;
-        let mut how = None;
-        if let Some(spans) = &shaped {
-            copy = copy_search(s, cfg, spans)?;
-            how = copy.as_ref().map(|_| spans.how_chosen());
-        }
-        let quoted = copy.is_some();
-        // Otherwise copy mode when the model's own next words start a word of the evidence:
-        // the text is then copied from the evidence by construction (a small model otherwise
-        // "normalises" 25/12/2018 into 2018-12-25, or misreads a digit).
-        if copy.is_none() && cfg.copy_answers && source.starts_with_word(&s.peek()?) {
-            copy = copy_search(s, cfg, &source)?;
-            if copy.is_some() {
-                how = Some("copied: words of the evidence, the model's likeliest copy".into());
-            }
-        }
-        let how = how.unwrap_or_else(|| "written by the model, not copied".into());
-        let copying = copy.is_some();
-        let (body, closed, mut cited) = if let Some((body, closed, cited)) = copy {
-            stream(&body);
-            (body, closed, cited)
-        } else {
-            let (body, closed) = s.free_string(cfg.max_answer_tokens, |_, _, _| true, stream)?;
-            (body, closed, Vec::new())
-        };
-        s.push_text(if closed {
-            ", \"regions\": ["
-        } else {
-            "\", \"regions\": ["
-        })?;
-        let ids: Vec<String> = regions.iter().map(|r| format!("\"{}\"", r.id)).collect();
-        if copying {
-            // The regions are where the text was copied from; p2g writes them.
-            let list: Vec<String> = cited.iter().map(|c| format!("\"{c}\"")).collect();
-            s.push_text(&format!("{}]", list.join(", ")))?;
-        } else if !ids.is_empty() {
-            let mut first: Vec<String> = ids.clone();
-            first.push("]".into());
-            let k = s.choose(&first)?;
-            if k < ids.len() {
-                cited.push(regions[k].id.clone());
-                let sep = vec![", ".to_string(), "]".to_string()];
-                while cited.len() < cfg.max_citations && s.choose(&sep)? == 0 {
-                    let k = s.choose(&ids)?;
-                    if !cited.contains(&regions[k].id) {
-                        cited.push(regions[k].id.clone());
-                    }
-                }
-                if cited.len() >= cfg.max_citations {
-                    s.push_text("]")?;
-                }
-            }
-        } else {
-            s.push_text("]")?;
-        }
-        let raw = format!(
-            "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"text\": \"{body}\", \"regions\": [{}]}}}}\n</tool_call>",
-            cited
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        let value: String =
-            serde_json::from_str(&format!("\"{body}\"")).map_err(|e| StepFailure::Malformed {
-                output: raw.clone(),
-                reason: format!("the answer text is not a valid JSON string ({e})"),
-            })?;
-        s.push_text("}}\n</tool_call>")?;
-        return Ok(Decided {
-            decision: Decision::Answer {
-                text: value.trim().to_string(),
-                grounding: cited
-                    .into_iter()
-                    .map(|region| Citation {
-                        region,
-                        phrase: None,
-                    })
-                    .collect(),
-            },
-            raw,
-            how: Some(how),
-            quoted,
-        });
+        return answer_step(s, cfg, input, ctx, &name);
     }
     // An agent call: the arguments object is the model's, checked here and by the agent.
     s.push_text("{")?;
@@ -691,200 +423,264 @@ fn constrained_step(
         },
         raw,
         how: None,
-        quoted: false,
+        source: AnswerSource::Model,
     })
 }
 
-/// Copies the answer from the evidence. The few most likely first tokens that start a word of
-/// the evidence are each continued greedily under the copy constraint, and the copy the model
-/// finds most likely as a whole, closing quote included, wins. The first token alone is a
-/// poor guide: Qwen writes numbers digit by digit, so the "2" of the "2018-10-19" it would
-/// like to write starts the copy "20" (of the time "20:49:59"), while the copy that starts
-/// with "1" ("19/10/2018") is the one it then finds likely to the end.
+/// The answer tool's arguments, the text first.
 ///
-/// Returns the copied text (JSON-escaped, as written), whether its string was closed and the
-/// regions it came from, or `None` when no allowed token starts a copy.
-fn copy_search(
+/// With evidence, the text is a copy of it: one of the spans of the question's answer shape
+/// when it has one and the evidence holds such spans, else the span of the evidence the model
+/// finds likeliest, if it is likelier than saying "not in the evidence" — otherwise the step
+/// is [`Decision::NotFound`] and the loop looks again. Without evidence (no agents offered),
+/// or with `copy_answers` off, the model writes the text itself; a box or a region id is
+/// never taken as an answer.
+fn answer_step(
     s: &mut Session,
     cfg: &EmbeddedConfig,
-    source: &dyn CopyConstraint,
-) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
-    match (source.rank(), source.complete()) {
-        (Rank::Whole, Some(copies)) => return exact_copy(s, source, &copies),
-        (Rank::First, Some(copies)) => return first_copy(s, source, &copies),
-        _ => {}
+    input: &StepInput<'_>,
+    ctx: &StepContext,
+    name: &str,
+) -> Result<Decided, StepFailure> {
+    let regions = input.regions;
+    s.push_text("{\"text\": \"")?;
+    if cfg.copy_answers {
+        let shape = input
+            .question
+            .and_then(|q| shape_for(&cfg.prompts.shapes, q, input.document))
+            .map(|shape| ShapedSpans::new(regions, shape))
+            .filter(|spans| !spans.is_empty());
+        if let Some(spans) = shape {
+            let limits = SearchLimits {
+                alternatives: cfg.copy_alternatives,
+                max_tokens: cfg.max_answer_tokens,
+            };
+            if let Some((body, _, cited)) = copy_search(s, limits, &spans)? {
+                let how = spans.how_chosen();
+                return Ok(copied(s, ctx, name, body, cited, how, AnswerSource::Shape)?);
+            }
+        }
+        if !regions.is_empty() {
+            return extract(s, cfg, input, ctx, name);
+        }
     }
-    let lm = s.model().clone();
-    let mark = s.mark()?;
-    let firsts = s.top_allowed(cfg.copy_alternatives.max(1), |id, bytes| {
-        lm.is_plain(id, bytes)
-            && !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
-            && source.begins(bytes)
+    if regions.is_empty() && input.observed {
+        return Ok(not_found(
+            "no text or object has been found in the image so far".into(),
+        ));
+    }
+    written(s, cfg, regions, ctx, name)
+}
+
+/// The general case: every span of the evidence, scored against "not in the evidence".
+fn extract(
+    s: &mut Session,
+    cfg: &EmbeddedConfig,
+    input: &StepInput<'_>,
+    ctx: &StepContext,
+    name: &str,
+) -> Result<Decided, StepFailure> {
+    let regions = input.regions;
+    let settings = &cfg.prompts.answers;
+    let found = candidates(regions, &settings.limits());
+    if found.is_empty() {
+        return Ok(not_found(format!(
+            "none of the {} regions read holds a word that could answer",
+            regions.len()
+        )));
+    }
+    let texts: Vec<String> = found.iter().map(|c| json_escaped(&c.text)).collect();
+    let choice = choose(
+        s,
+        &texts,
+        &settings.not_found,
+        ChooseLimits {
+            margin: settings.margin,
+            max_passes: settings.max_passes,
+        },
+        input.neutral.map(|neutral_prompt| Calibration {
+            neutral_prompt,
+            prompt_len: input.prompt_len,
+            weight: settings.calibration,
+        }),
+    )?;
+    let rivals: Vec<String> = choice
+        .top
+        .iter()
+        .map(|&(i, lp, c)| format!("{:?} {lp:.2} ({c:.2})", found[i].text))
+        .collect();
+    tracing::debug!(
+        not_found = choice.not_found,
+        scored = choice.scored,
+        of = found.len(),
+        passes = choice.passes,
+        best = %rivals.join(", "),
+        "answer candidates"
+    );
+    let phrase = settings.not_found.first().cloned().unwrap_or_default();
+    match choice.chosen {
+        Some(i) => {
+            let lp = choice.top.first().map_or(f64::NAN, |t| t.1);
+            let calibrated = if input.neutral.is_some() {
+                ", ranked by how much likelier the question makes it than a neutral question"
+            } else {
+                ""
+            };
+            let how = format!(
+                "copied: the likeliest of {} spans of the evidence as the answer{calibrated} (log-probability {lp:.2}; {:?} {:.2}; {} scored exactly, the rest could not win)",
+                found.len(),
+                phrase,
+                choice.not_found,
+                choice.scored
+            );
+            write_answer(s, &texts[i])?;
+            let c = &found[i];
+            let (body, cited) = (texts[i].clone(), c.regions.clone());
+            Ok(copied(s, ctx, name, body, cited, how, AnswerSource::Evidence)?)
+        }
+        None => Ok(not_found(format!(
+            "{phrase:?} (log-probability {:.2}) was likelier than any of {} spans of the evidence (best: {})",
+            choice.not_found,
+            found.len(),
+            if rivals.is_empty() {
+                "none could come close".to_string()
+            } else {
+                rivals.join(", ")
+            }
+        ))),
+    }
+}
+
+/// A step that says the evidence does not answer.
+fn not_found(reason: String) -> Decided {
+    Decided {
+        raw: format!("(not found: {reason})"),
+        how: Some(format!("not found: {reason}")),
+        decision: Decision::NotFound { reason },
+        source: AnswerSource::Model,
+    }
+}
+
+/// Finishes an answer whose text `body` (JSON-escaped, its string already closed in the
+/// session) was copied from the regions `cited`.
+fn copied(
+    s: &mut Session,
+    ctx: &StepContext,
+    name: &str,
+    body: String,
+    cited: Vec<String>,
+    how: String,
+    source: AnswerSource,
+) -> Result<Decided, LlmError> {
+    if let Some(f) = &ctx.on_text {
+        f(&body);
+    }
+    let list: Vec<String> = cited.iter().map(|c| format!("\"{c}\"")).collect();
+    s.push_text(&format!(
+        ", \"regions\": [{}]}}}}\n</tool_call>",
+        list.join(", ")
+    ))?;
+    let raw = format!(
+        "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"text\": \"{body}\", \"regions\": [{}]}}}}\n</tool_call>",
+        list.join(", ")
+    );
+    let text: String = serde_json::from_str(&format!("\"{body}\"")).unwrap_or(body);
+    Ok(Decided {
+        decision: Decision::Answer {
+            text: text.trim().to_string(),
+            grounding: cited
+                .into_iter()
+                .map(|region| Citation {
+                    region,
+                    phrase: None,
+                })
+                .collect(),
+        },
+        raw,
+        how: Some(how),
+        source,
+    })
+}
+
+/// The model writes the answer's text, then picks the regions it relies on among those that
+/// exist. Only without evidence to copy from (no agents) or with copying off; a text that is
+/// a box or region ids is not an answer.
+fn written(
+    s: &mut Session,
+    cfg: &EmbeddedConfig,
+    regions: &[RegionText],
+    ctx: &StepContext,
+    name: &str,
+) -> Result<Decided, StepFailure> {
+    let on_text = ctx.on_text.clone();
+    let stream = |chunk: &str| {
+        if let Some(f) = &on_text {
+            f(chunk);
+        }
+    };
+    let (body, closed) = s.free_string(cfg.max_answer_tokens, |_, _, _| true, stream)?;
+    s.push_text(if closed {
+        ", \"regions\": ["
+    } else {
+        "\", \"regions\": ["
     })?;
-    // (log-probability, text, closed, tokens)
-    let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
-    let mut session_holds_best = false;
-    let by_start = source.rank() == Rank::Start;
-    for (i, &(id, first_lp)) in firsts.iter().enumerate() {
-        // Ranked by their start, copies are not compared as wholes: nothing to give up on.
-        let floor = match &best {
-            Some(b) if !by_start => b.0,
-            _ => f64::NEG_INFINITY,
-        };
-        // Alternatives come most likely first: one already below the best copy cannot win.
-        if first_lp < floor {
-            break;
+    let mut cited: Vec<String> = Vec::new();
+    let ids: Vec<String> = regions.iter().map(|r| format!("\"{}\"", r.id)).collect();
+    if !ids.is_empty() {
+        let mut first: Vec<String> = ids.clone();
+        first.push("]".into());
+        let k = s.choose(&first)?;
+        if k < ids.len() {
+            cited.push(regions[k].id.clone());
+            let sep = vec![", ".to_string(), "]".to_string()];
+            while cited.len() < cfg.max_citations && s.choose(&sep)? == 0 {
+                let k = s.choose(&ids)?;
+                if !cited.contains(&regions[k].id) {
+                    cited.push(regions[k].id.clone());
+                }
+            }
+            if cited.len() >= cfg.max_citations {
+                s.push_text("]")?;
+            }
         }
-        if i > 0 {
-            s.rewind(&mark);
-        }
-        s.take_logprob();
-        s.give_up_below(floor);
-        s.force(id, first_lp);
-        let head = lm.token_bytes(id).to_vec();
-        let copied = s.free_string(
-            cfg.max_answer_tokens.saturating_sub(1),
-            |so_far, piece, closes| {
-                let mut t = head.clone();
-                t.extend_from_slice(so_far);
-                t.extend_from_slice(piece);
-                source.allows(&t, closes)
-            },
-            |_| {},
-        );
-        s.give_up_below(f64::NEG_INFINITY);
-        let (rest, closed) = copied?;
-        let total = s.take_logprob();
-        tracing::debug!(
-            copy = %format_args!("{}{rest}", String::from_utf8_lossy(&head)),
-            closed,
-            logprob = total,
-            first_logprob = first_lp,
-            tokens = s.tokens_since(&mark).len(),
-            "copy candidate"
-        );
-        // A copy that was given up (or ran out of tokens) only counts when nothing else does.
-        let counts = best
-            .as_ref()
-            .is_none_or(|b| closed && (!b.2 || (!by_start && total > b.0)));
-        session_holds_best = counts;
-        if counts {
-            let text = format!("{}{rest}", String::from_utf8_lossy(&head));
-            best = Some((total, text, closed, s.tokens_since(&mark)));
-        }
-        // Alternatives come likeliest start first: the first finished copy is the one.
-        if by_start && closed {
-            break;
-        }
+    } else {
+        s.push_text("]")?;
     }
-    let Some((_, text, closed, tokens)) = best else {
-        return Ok(None);
-    };
-    if !session_holds_best {
-        s.rewind(&mark);
-        s.push_tokens(&tokens);
+    let raw = format!(
+        "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"text\": \"{body}\", \"regions\": [{}]}}}}\n</tool_call>",
+        cited
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let value: String =
+        serde_json::from_str(&format!("\"{body}\"")).map_err(|e| StepFailure::Malformed {
+            output: raw.clone(),
+            reason: format!("the answer text is not a valid JSON string ({e})"),
+        })?;
+    s.push_text("}}\n</tool_call>")?;
+    if looks_like_box_or_id(value.trim()) {
+        return Ok(not_found(format!(
+            "the model wrote {:?}, a box or region ids, not an answer",
+            value.trim()
+        )));
     }
-    let cited = source.regions_of(text.as_bytes());
-    Ok(Some((text, closed, cited)))
-}
-
-/// Copies the answer from a known list of copies: the one the model finds most likely as a
-/// whole, closing quote included, scored exactly (each copy is one forward pass). The greedy
-/// search above follows one path per first token, so of "33.92" and "33.90" it only ever
-/// sees the one whose last digit it prefers after "33.9"; here both are scored. As in the
-/// greedy search, a copy ends with the likeliest token that closes the string there (`"`,
-/// `",`, ...). A copy's first token bounds its score, so copies are tried likeliest first
-/// token first and the search stops once no remaining copy can win.
-fn exact_copy(
-    s: &mut Session,
-    source: &dyn CopyConstraint,
-    copies: &[&[u8]],
-) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
-    let lm = s.model().clone();
-    let quote = lm.encode("\"")?.first().copied();
-    let Some(quote) = quote else {
-        return Ok(None);
-    };
-    let mut scored: Vec<(Vec<u32>, &[u8])> = Vec::new();
-    for &copy in copies {
-        let ids = lm.encode(&String::from_utf8_lossy(copy))?;
-        if !ids.is_empty() {
-            scored.push((ids, copy));
-        }
-    }
-    let firsts: Vec<u32> = scored.iter().map(|(ids, _)| ids[0]).collect();
-    let bounds = s.next_logprobs(&firsts)?;
-    let mut order: Vec<usize> = (0..scored.len()).collect();
-    order.sort_by(|&a, &b| bounds[b].total_cmp(&bounds[a]));
-    let mark = s.mark()?;
-    // The tokens that close the string where they start, looked up once for every copy.
-    let closers = lm.plain_tokens_starting_with(b'"');
-    // (log-probability, index)
-    let mut best: Option<(f64, usize)> = None;
-    for (n, &i) in order.iter().enumerate() {
-        if best.is_some_and(|(lp, _)| bounds[i] <= lp) {
-            break;
-        }
-        if n > 0 {
-            s.rewind(&mark);
-        }
-        let text = s.score(&scored[i].0)?;
-        let close = s
-            .next_logprobs(&closers)?
-            .into_iter()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let lp = text + close;
-        tracing::debug!(
-            copy = %String::from_utf8_lossy(scored[i].1),
-            logprob = lp,
-            first_logprob = bounds[i],
-            tokens = scored[i].0.len() + 1,
-            "copy candidate"
-        );
-        if best.is_none_or(|(b, _)| lp > b) {
-            best = Some((lp, i));
-        }
-    }
-    let Some((_, i)) = best else {
-        return Ok(None);
-    };
-    s.rewind(&mark);
-    Ok(Some(take_copy(s, source, &scored[i].0, scored[i].1, quote)))
-}
-
-/// Takes the first of `copies` (the shape's spans in reading order) as the answer string,
-/// closing it. The model is not asked; the debug log says the rule chose.
-fn first_copy(
-    s: &mut Session,
-    source: &dyn CopyConstraint,
-    copies: &[&[u8]],
-) -> Result<Option<(String, bool, Vec<String>)>, StepFailure> {
-    let lm = s.model().clone();
-    let (Some(quote), Some(&copy)) = (lm.encode("\"")?.first().copied(), copies.first()) else {
-        return Ok(None);
-    };
-    let ids = lm.encode(&String::from_utf8_lossy(copy))?;
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    let taken = take_copy(s, source, &ids, copy, quote);
-    tracing::debug!(copy = %taken.0, of = copies.len(), "copy by rank = first");
-    Ok(Some(taken))
-}
-
-/// Writes the chosen copy (its tokens `ids`) and the closing quote into the session; returns
-/// the copied text, closed, with the regions it came from.
-fn take_copy(
-    s: &mut Session,
-    source: &dyn CopyConstraint,
-    ids: &[u32],
-    copy: &[u8],
-    quote: u32,
-) -> (String, bool, Vec<String>) {
-    s.push_tokens(ids);
-    s.push_tokens(&[quote]);
-    let text = String::from_utf8_lossy(copy).into_owned();
-    (text, true, source.regions_of(copy))
+    Ok(Decided {
+        decision: Decision::Answer {
+            text: value.trim().to_string(),
+            grounding: cited
+                .into_iter()
+                .map(|region| Citation {
+                    region,
+                    phrase: None,
+                })
+                .collect(),
+        },
+        raw,
+        how: Some("written by the model, not copied".into()),
+        source: AnswerSource::Model,
+    })
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.
@@ -942,7 +738,7 @@ fn free_step(
                 .then(|| "written by the model (unconstrained)".into()),
             decision,
             raw: text,
-            quoted: false,
+            source: AnswerSource::Model,
         }),
         Err(reason) => Err(StepFailure::Malformed {
             output: text,
@@ -954,43 +750,6 @@ fn free_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn regions(texts: &[&str]) -> Vec<RegionText> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| RegionText {
-                id: format!("r{}", i + 1),
-                text: t.to_string(),
-                row: i,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn copies_come_from_words_of_the_evidence() {
-        let src = CopySource::new(&regions(&[
-            "DATE: 25/12/2018",
-            "TAMAN DAYA,",
-            "81100 JOHOR",
-        ]));
-        assert!(src.starts_with_word(b"25/12"));
-        assert!(src.starts_with_word(b" TAMAN"));
-        assert!(!src.starts_with_word(b"5/12"));
-        assert!(!src.starts_with_word(b"It"));
-        assert_eq!(src.regions_of(b"25/12/2018"), ["r1"]);
-        assert_eq!(src.regions_of(b"TAMAN DAYA, 81100 JOHOR"), ["r2", "r3"]);
-        let src = CopySource::new(&regions(&["9.000", "TOTAL 9.00"]));
-        assert_eq!(src.regions_of(b"9.00"), ["r2"]);
-        assert_eq!(src.regions_of(b"9.0"), ["r1"]);
-    }
-
-    #[test]
-    fn evidence_is_escaped_as_the_answer_string_holds_it() {
-        assert_eq!(json_escaped("9.00"), "9.00");
-        assert_eq!(json_escaped("say \"hi\""), "say \\\"hi\\\"");
-        assert_eq!(json_escaped(""), "");
-    }
 
     #[test]
     fn arguments_end_at_the_closing_brace() {

@@ -14,7 +14,6 @@ pub mod embedded;
 pub mod llm;
 pub mod parse;
 pub mod prompt;
-pub mod shapes;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -62,6 +61,11 @@ pub struct RegionText {
     /// The row of the image it sits on: regions with the same number share a row, as a
     /// receipt's "TOTAL ROUNDED" and its "33.90" do.
     pub row: usize,
+    /// Where, in image pixels: lines stacked in a column ("OFFICE" over "FOR LEASE") are
+    /// answers together, and a document is told from a photo by how much text covers it.
+    pub bbox: BBox,
+    /// The agent's confidence in the text (0..1).
+    pub score: f32,
 }
 
 /// An image given to a controller that can take images: the whole image, or a crop of an
@@ -90,6 +94,16 @@ pub struct Conversation {
     pub must_answer: bool,
 }
 
+impl Conversation {
+    /// The question being answered (the last one asked).
+    pub fn question(&self) -> Option<&str> {
+        self.turns.iter().rev().find_map(|t| match t {
+            Turn::Question { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+    }
+}
+
 /// A region an answer relies on: its id, and (optionally) the phrase of the answer it supports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Citation {
@@ -109,6 +123,14 @@ pub enum Decision {
         agent: String,
         arguments: serde_json::Value,
     },
+    /// The evidence does not answer the question: no span of it was likely enough against
+    /// saying so. The loop looks again (zooms) or answers that it did not find it; a
+    /// controller never dresses a guess as evidence.
+    NotFound {
+        /// Why, in words, for the trace ("'not in the evidence' was likelier than any of 31
+        /// spans").
+        reason: String,
+    },
 }
 
 /// Cost of one decision, for traces (counted by the model session that made it).
@@ -126,6 +148,21 @@ pub struct StepStats {
     pub decode_ms: f64,
 }
 
+/// Where an answer's text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerSource {
+    /// One of the spans of the question's answer shape: a date, an amount... The shape is a
+    /// check on the reading in itself.
+    Shape,
+    /// A span of the evidence the controller found likeliest: only as good as the reading
+    /// it copies, so the loop reads a weak one again closer before answering with it.
+    Evidence,
+    /// Written by the controller (or not an answer).
+    #[default]
+    Model,
+}
+
 /// A decision with what it cost and the controller's raw output.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -139,6 +176,8 @@ pub struct Step {
     /// spans), so grounding keeps it as it is: "10/03/2018" out of the OCR's
     /// "10/03/20185:41:06" is not widened to the word it stops inside.
     pub quoted: bool,
+    /// Where an answer's text came from.
+    pub source: AnswerSource,
 }
 
 /// Receives answer text as it is generated.

@@ -6,9 +6,10 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::shapes::{parse_shapes, shape_for, AnswerShape};
 use super::{ControllerError, Conversation, Turn};
 use crate::agents::ToolDefinition;
+use crate::answer::shapes::{parse_shapes, shape_for, AnswerShape};
+use crate::answer::{reads_as_document, Settings};
 
 const SYSTEM: &str = include_str!("../../prompts/system.md");
 const QUESTION: &str = include_str!("../../prompts/question.md");
@@ -17,6 +18,7 @@ const TOOLS: &str = include_str!("../../prompts/tools.md");
 const ANSWER_TOOL: &str = include_str!("../../prompts/answer_tool.json");
 const REMINDER: &str = include_str!("../../prompts/reminder.md");
 const ANSWER_SHAPES: &str = include_str!("../../prompts/answer_shapes.toml");
+const ANSWERS: &str = include_str!("../../prompts/answers.toml");
 
 /// The controller's templates.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +32,8 @@ pub struct Prompts {
     pub answer_tool: ToolDefinition,
     /// What dates, times and amounts look like (`answer_shapes.toml`).
     pub shapes: Vec<AnswerShape>,
+    /// How any other answer is taken from the evidence (`answers.toml`).
+    pub answers: Settings,
 }
 
 fn bad(name: &str, reason: impl ToString) -> ControllerError {
@@ -51,6 +55,7 @@ impl Prompts {
             answer_tool: serde_json::from_str(ANSWER_TOOL)
                 .map_err(|e| bad("answer_tool.json", e))?,
             shapes: parse_shapes(ANSWER_SHAPES).map_err(|e| bad("answer_shapes.toml", e))?,
+            answers: Settings::parse(ANSWERS).map_err(|e| bad("answers.toml", e))?,
         })
     }
 
@@ -86,6 +91,11 @@ impl Prompts {
             let mut shapes = String::new();
             read("answer_shapes.toml", &mut shapes)?;
             p.shapes = parse_shapes(&shapes).map_err(|e| bad("answer_shapes.toml", e))?;
+        }
+        let mut answers = String::new();
+        read("answers.toml", &mut answers)?;
+        if !answers.is_empty() {
+            p.answers = Settings::parse(&answers).map_err(|e| bad("answers.toml", e))?;
         }
         // Fail now, not at the first question.
         for (name, t) in [
@@ -171,11 +181,16 @@ fn render(name: &str, template: &str, ctx: Value) -> Result<String, ControllerEr
 }
 
 /// Renders the conversation as the model's prompt, ending with the assistant's turn opened.
+/// With `neutral`, the last user message asks that question instead of the one being
+/// answered (the reminder after new evidence, else the question itself): the same prompt
+/// with the question's content taken away, to calibrate answers against
+/// ([`crate::answer::rank::choose`]).
 pub fn render_conversation(
     prompts: &Prompts,
     chat_template: &str,
     conv: &Conversation,
     can_see: bool,
+    neutral: Option<&str>,
 ) -> Result<String, ControllerError> {
     let tool_names: Vec<&str> = conv.tools.iter().map(|t| t.name.as_str()).collect();
     let mut system = render(
@@ -213,6 +228,12 @@ pub fn render_conversation(
         }
     };
     let mut question = Value::Null;
+    let document = reads_as_document(
+        &conv.regions,
+        conv.image.width,
+        conv.image.height,
+        &prompts.answers,
+    );
     for turn in &conv.turns {
         match turn {
             Turn::Question { text, region } => {
@@ -224,7 +245,7 @@ pub fn render_conversation(
                 // the system message, which then is the same for every image (so its KV cache
                 // is reused across images); measured and not the default, see BENCHMARKS.md.
                 let first = question.is_null();
-                let hint = shape_for(&prompts.shapes, text).and_then(|s| s.hint.clone());
+                let hint = shape_for(&prompts.shapes, text, document).and_then(|s| s.hint.clone());
                 question = json!({ "question": text, "region": region, "image": conv.image,
                                    "first": first, "hint": hint });
                 let content = render("question.md", &prompts.question, question.clone())?;
@@ -256,10 +277,25 @@ pub fn render_conversation(
     }
     // A small model loses a question asked before a thousand tokens of evidence: after new
     // evidence, the question is asked again right where the answer starts.
+    let mut reminded = false;
     if matches!(conv.turns.last(), Some(Turn::Observation { .. })) && !question.is_null() {
-        let content = render("reminder.md", &prompts.reminder, question)?;
+        let mut q = question.clone();
+        if let Some(n) = neutral {
+            q["question"] = json!(n);
+        }
+        let content = render("reminder.md", &prompts.reminder, q)?;
         if !content.trim().is_empty() {
             messages.push(json!({ "role": "user", "content": content }));
+            reminded = true;
+        }
+    }
+    if let (Some(n), false, Some(Turn::Question { .. })) = (neutral, reminded, conv.turns.last()) {
+        let mut q = question.clone();
+        q["question"] = json!(n);
+        q["hint"] = Value::Null;
+        let content = render("question.md", &prompts.question, q)?;
+        if let Some(last) = messages.last_mut() {
+            last["content"] = json!(content);
         }
     }
     let env = environment();
@@ -291,6 +327,7 @@ mod tests {
 
     #[test]
     fn embedded_templates_parse() {
+        assert!(!Prompts::embedded().unwrap().answers.not_found.is_empty());
         let p = Prompts::embedded().unwrap();
         assert_eq!(p.answer_tool.name, "answer");
         for t in [&p.system, &p.question, &p.repair, &p.tools, &p.reminder] {

@@ -18,6 +18,10 @@ pub struct Region {
     /// The text line's outline, where the agent gave one (see [`Finding::quad`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quad: Option<Quad>,
+    /// A closer (zoomed) read of the same place read it more confidently as this region: the
+    /// controller is no longer offered this one as an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 impl Region {
@@ -72,8 +76,42 @@ impl Evidence {
             kind: f.kind,
             score: f.score,
             quad: f.quad,
+            superseded_by: None,
         });
         id
+    }
+
+    /// After a zoomed read of `window` that produced `fresh` regions: an older text region
+    /// inside the window that a fresh, more confident one overlaps by most of its area was
+    /// read again more closely, and is superseded by it ("PANDA" read small, "SPALDING"
+    /// read magnified). Returns the ids superseded.
+    pub fn supersede(&mut self, window: &BBox, fresh: &[String]) -> Vec<String> {
+        let fresh: Vec<Region> = self
+            .regions
+            .iter()
+            .filter(|r| fresh.contains(&r.id))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for r in self.regions.iter_mut() {
+            if r.kind != FindingKind::Text
+                || r.superseded_by.is_some()
+                || fresh.iter().any(|f| f.id == r.id)
+                || r.bbox.intersection(window) < 0.8 * r.bbox.area()
+            {
+                continue;
+            }
+            let better = fresh.iter().find(|f| {
+                f.kind == FindingKind::Text
+                    && f.score > r.score
+                    && f.bbox.intersection(&r.bbox) >= 0.5 * r.bbox.area()
+            });
+            if let Some(f) = better {
+                r.superseded_by = Some(f.id.clone());
+                out.push(r.id.clone());
+            }
+        }
+        out
     }
 }
 
@@ -131,27 +169,42 @@ pub fn rows<'a>(regions: &[&'a Region]) -> Vec<Vec<&'a Region>> {
     rows
 }
 
+/// Where in a `width` x `height` image a box is, in words: "top left", "top", "middle",
+/// "bottom right"... (thirds of each side).
+pub fn place(b: &BBox, width: u32, height: u32) -> &'static str {
+    let [cx, cy] = b.center();
+    let col = ((3.0 * cx / width.max(1) as f32) as usize).min(2);
+    let row = ((3.0 * cy / height.max(1) as f32) as usize).min(2);
+    [
+        ["top left", "top", "top right"],
+        ["left", "middle", "right"],
+        ["bottom left", "bottom", "bottom right"],
+    ][row][col]
+}
+
 /// Renders regions for the controller. Regions on one row share a line, so a label and its
-/// value ("TOTAL" … "9.00") sit together as they do on the page:
-/// `[x1,y1,x2,y2] r31 TOTAL AMT. | r32 RH | r33 60.31`, the box being the row's.
-pub fn render(regions: &[&Region]) -> String {
+/// value ("TOTAL" … "9.00") sit together as they do on the page, after where in the image
+/// the row is: `[bottom] r31 TOTAL AMT. | r32 RM | r33 60.31`.
+///
+/// Where, in words rather than pixel coordinates: a question says "the monitor at the top",
+/// "the left monitor", and a small controller relates words to words; coordinates cost ~20
+/// tokens a row (Qwen writes numbers digit by digit), and a controller shown them answered
+/// with them.
+pub fn render(regions: &[&Region], width: u32, height: u32) -> String {
     let mut out = String::new();
     for row in rows(regions) {
         let boxes: Vec<crate::vision::Point> = row
             .iter()
             .flat_map(|r| [[r.bbox.x1, r.bbox.y1], [r.bbox.x2, r.bbox.y2]])
             .collect();
-        let b = BBox::around(&boxes).rounded();
+        let b = BBox::around(&boxes);
         let cells: Vec<String> = row
             .iter()
             .map(|r| format!("{} {}", r.id, shown_text(r)))
             .collect();
         out.push_str(&format!(
-            "[{},{},{},{}] {}\n",
-            b.x1 as i64,
-            b.y1 as i64,
-            b.x2 as i64,
-            b.y2 as i64,
+            "[{}] {}\n",
+            place(&b, width, height),
             cells.join(" | ")
         ));
     }
@@ -184,9 +237,42 @@ mod tests {
         e.add("ocr", &line("CASH", slant(0.0, 100.0, 135.0)));
         assert_eq!(e.row_numbers(), [0, 0, 1]);
         let all: Vec<&Region> = e.regions().iter().collect();
-        let shown = render(&all);
+        let shown = render(&all, 400, 400);
         assert_eq!(shown.lines().count(), 2, "{shown}");
-        assert!(shown.contains("r1 TOTAL | r2 9.00"), "{shown}");
+        assert!(shown.contains("[top] r1 TOTAL | r2 9.00"), "{shown}");
+        assert!(!shown.contains("100"), "no coordinates: {shown}");
+    }
+
+    #[test]
+    fn places_are_thirds_of_the_image() {
+        let at = |x: f32, y: f32| place(&BBox::new(x - 1.0, y - 1.0, x + 1.0, y + 1.0), 300, 300);
+        assert_eq!(at(10.0, 10.0), "top left");
+        assert_eq!(at(150.0, 10.0), "top");
+        assert_eq!(at(150.0, 150.0), "middle");
+        assert_eq!(at(290.0, 290.0), "bottom right");
+        assert_eq!(at(400.0, 400.0), "bottom right");
+    }
+
+    #[test]
+    fn a_closer_more_confident_read_supersedes_the_small_one() {
+        let mut e = Evidence::default();
+        let f = |t: &str, b: [f32; 4], score: f32| Finding {
+            bbox: BBox::from(b),
+            text: t.into(),
+            kind: FindingKind::Text,
+            score,
+            quad: None,
+        };
+        let small = e.add("ocr", &f("PANDA", [882.0, 381.0, 925.0, 409.0], 0.73));
+        let other = e.add("ocr", &f("AntoTrader", [799.0, 378.0, 854.0, 400.0], 0.89));
+        let zoomed = e.add("ocr", &f("SPALDING", [878.0, 383.0, 930.0, 407.0], 0.94));
+        let window = BBox::new(840.0, 350.0, 960.0, 430.0);
+        assert_eq!(e.supersede(&window, &[zoomed.clone()]), [small.clone()]);
+        assert_eq!(
+            e.get(&small).unwrap().superseded_by.as_deref(),
+            Some(zoomed.as_str())
+        );
+        assert!(e.get(&other).unwrap().superseded_by.is_none());
     }
 
     #[test]
@@ -206,10 +292,11 @@ mod tests {
             kind: FindingKind::Text,
             score: 1.0,
             quad: None,
+            superseded_by: None,
         };
-        let shown = render(&[&r]);
+        let shown = render(&[&r], 100, 100);
         assert!(
-            shown.starts_with("[0,0,10,10] r1 (text addressed"),
+            shown.starts_with("[top left] r1 (text addressed"),
             "{shown}"
         );
         assert!(!shown.contains("IGNORE"));

@@ -15,7 +15,7 @@
 //! and the conversation of one image, so follow-up questions reuse what was read.
 
 pub mod evidence;
-pub mod grounding;
+pub mod zoom;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -26,15 +26,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::agents::{AgentError, Capability, DynAgent};
+use crate::agents::{AgentError, Capability, DynAgent, FindingKind, Lead};
 use crate::controller::{
-    Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText, StepContext, Turn,
+    AnswerSource, Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText,
+    StepContext, Turn,
 };
 use crate::trace::{TraceEvent, TraceSink};
 use crate::vision::{BBox, Image};
 
+pub use crate::answer::grounding::{self, Grounding};
 pub use evidence::{Evidence, Region};
-pub use grounding::Grounding;
+pub use zoom::ZoomBudget;
 
 /// Errors of the loop. Agent failures are not among them: they go back to the controller.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,11 @@ pub struct LoopConfig {
     /// An agent call that takes longer is abandoned and reported to the controller.
     pub agent_timeout: Duration,
     pub history: History,
+    /// How much the loop may zoom on its own per question ([`zoom`]).
+    pub zoom: ZoomBudget,
+    /// When the text read makes the image a document (its unread margins are not read
+    /// before answering).
+    pub document: crate::answer::DocumentTest,
 }
 
 impl Default for LoopConfig {
@@ -86,6 +93,8 @@ impl Default for LoopConfig {
             max_steps: 6,
             agent_timeout: Duration::from_secs(300),
             history: History::Full,
+            zoom: ZoomBudget::default(),
+            document: Default::default(),
         }
     }
 }
@@ -139,6 +148,13 @@ impl OrchestratorBuilder {
 
     pub fn history(mut self, h: History) -> Self {
         self.cfg.history = h;
+        self
+    }
+
+    /// How much the loop zooms on its own when the evidence does not answer
+    /// (`max_zooms = 0`: never).
+    pub fn zoom_budget(mut self, b: ZoomBudget) -> Self {
+        self.cfg.zoom = b;
         self
     }
 
@@ -213,7 +229,40 @@ pub struct Session<'o> {
     /// Each successful call (`agent arguments`) with the regions it returned, to point a
     /// repeated call at them.
     call_regions: HashMap<String, Vec<String>>,
+    /// Places the agents could not read well, from every call so far (the zoom policy's
+    /// leads).
+    leads: Vec<Lead>,
+    /// Windows read magnified so far.
+    zoomed: Vec<BBox>,
     trace: TraceSink,
+}
+
+/// What one question has spent on zooming.
+#[derive(Debug, Default)]
+struct ZoomSpent {
+    zooms: usize,
+    pixels: f64,
+    seconds: f64,
+}
+
+/// A zoomed read, as the trace records it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ZoomRecord {
+    /// The window read, in image pixels.
+    pub window: BBox,
+    /// The magnification the agent applied, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+    /// Why this place was read again.
+    pub why: String,
+}
+
+/// What one agent call left: the observation for the controller, the regions it returned
+/// and the magnification a zoomed read applied.
+struct Called {
+    content: String,
+    ids: Vec<String>,
+    scale: Option<f32>,
 }
 
 impl<'o> Session<'o> {
@@ -239,6 +288,8 @@ impl<'o> Session<'o> {
             turns: Vec::new(),
             evidence: Evidence::default(),
             call_regions: HashMap::new(),
+            leads: Vec::new(),
+            zoomed: Vec::new(),
             trace: TraceSink::default(),
         }
     }
@@ -405,6 +456,25 @@ impl<'o> Session<'o> {
         }
     }
 
+    /// The regions the controller may answer from: not superseded by a closer read and,
+    /// for a question about a region, inside it.
+    fn answerable_regions(&self, focus: Option<BBox>) -> Vec<RegionText> {
+        self.evidence
+            .regions()
+            .iter()
+            .zip(self.evidence.row_numbers())
+            .filter(|(r, _)| r.superseded_by.is_none())
+            .filter(|(r, _)| focus.is_none_or(|f| inside(&r.bbox, &f)))
+            .map(|(r, row)| RegionText {
+                id: r.id.clone(),
+                text: r.text.clone(),
+                row,
+                bbox: r.bbox,
+                score: r.score,
+            })
+            .collect()
+    }
+
     async fn run_loop(
         &mut self,
         opts: &AskOptions,
@@ -413,6 +483,12 @@ impl<'o> Session<'o> {
     ) -> Result<Answer, (OrchestratorError, usize)> {
         let max = self.orch.cfg.max_steps;
         let mut repaired = false;
+        let mut spent = ZoomSpent::default();
+        if let Some(focus) = opts.region {
+            // Referring: a question about a region is answered from what is read inside it,
+            // read anew (magnified) when little was read there.
+            self.read_region(focus, opts, &mut spent).await;
+        }
         for step in 1..=max {
             if Self::cancelled(opts) {
                 return Err((OrchestratorError::Cancelled, step - 1));
@@ -422,17 +498,7 @@ impl<'o> Session<'o> {
                 image: self.facts.clone(),
                 turns: self.visible_turns(current),
                 tools,
-                regions: self
-                    .evidence
-                    .regions()
-                    .iter()
-                    .zip(self.evidence.row_numbers())
-                    .map(|(r, row)| RegionText {
-                        id: r.id.clone(),
-                        text: r.text.clone(),
-                        row,
-                    })
-                    .collect(),
+                regions: self.answerable_regions(opts.region),
                 visual: Vec::new(),
                 // The last step may only answer.
                 must_answer: step == max,
@@ -445,7 +511,7 @@ impl<'o> Session<'o> {
                 .instrument(tracing::info_span!("decide", step))
                 .await;
             let step_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let (decision, quoted) = match decided {
+            let (decision, quoted, source) = match decided {
                 Ok(s) => {
                     self.trace.record(TraceEvent::Step {
                         step,
@@ -455,7 +521,7 @@ impl<'o> Session<'o> {
                         how: s.how.clone(),
                         elapsed_ms: step_ms,
                     });
-                    (s.decision, s.quoted)
+                    (s.decision, s.quoted, s.source)
                 }
                 Err(ControllerError::Malformed {
                     output,
@@ -485,37 +551,38 @@ impl<'o> Session<'o> {
             };
             match decision {
                 Decision::Answer { text, grounding } => {
-                    let g = grounding::ground(&text, &grounding, &self.evidence, quoted);
-                    let linked = grounding::linked_text(&g.text, &g.grounding);
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
-                    self.trace.record(TraceEvent::Answer {
-                        text: g.text.clone(),
-                        controller_text: text.clone(),
-                        copied: g.copied,
-                        linked: linked.clone(),
-                        grounding: g.grounding.clone(),
-                        steps: step,
-                        elapsed_ms: elapsed_ms as f64,
-                    });
-                    self.turns.push(Turn::Answer {
-                        text: g.text.clone(),
-                        regions: g.grounding.iter().map(|x| x.region.clone()).collect(),
-                    });
-                    return Ok(Answer {
-                        answer: g.text,
-                        grounding: g.grounding,
-                        linked,
-                        steps: step,
-                        elapsed_ms,
-                        controller_text: text,
-                    });
+                    // A span chosen by likelihood is only as good as its reading: a weak one
+                    // is read again closer, and the controller asked again if that changed it.
+                    if source == AnswerSource::Evidence
+                        && step < max
+                        && self.verify(step, &grounding, opts, &mut spent).await
+                    {
+                        continue;
+                    }
+                    return Ok(self.answered(&text, &grounding, quoted, step, started));
+                }
+                Decision::NotFound { .. } => {
+                    // Look again where the image was not read well; answer "not found" only
+                    // when there is nowhere left to look or the budget is spent.
+                    let question = conv.question().unwrap_or_default().to_string();
+                    if step < max
+                        && self
+                            .zoom_round(step, &question, opts, &mut spent, false)
+                            .await
+                    {
+                        continue;
+                    }
+                    if Self::cancelled(opts) {
+                        return Err((OrchestratorError::Cancelled, step));
+                    }
+                    return Ok(self.not_found(opts.region, &spent, step, started));
                 }
                 Decision::Call { agent, arguments } => {
                     let arguments = self.resolve_region_argument(arguments, opts.region);
                     let span =
                         tracing::info_span!("agent", step, agent = %agent, arguments = %arguments);
-                    let content = self
-                        .call(step, &agent, arguments.clone(), opts)
+                    let called = self
+                        .call(step, &agent, arguments.clone(), opts, None)
                         .instrument(span)
                         .await;
                     if Self::cancelled(opts) {
@@ -525,7 +592,17 @@ impl<'o> Session<'o> {
                         agent: agent.clone(),
                         arguments,
                     });
-                    self.turns.push(Turn::Observation { agent, content });
+                    self.turns.push(Turn::Observation {
+                        agent,
+                        content: called.content,
+                    });
+                    // A photo's places where text was seen but not read are read magnified
+                    // before the controller answers from what the first pass made of it.
+                    if !self.is_document() {
+                        let question = conv.question().unwrap_or_default().to_string();
+                        self.zoom_round(step, &question, opts, &mut spent, true)
+                            .await;
+                    }
                 }
             }
         }
@@ -536,6 +613,280 @@ impl<'o> Session<'o> {
             },
             max,
         ))
+    }
+
+    /// Grounds an answer in the regions it cites and records it.
+    fn answered(
+        &mut self,
+        text: &str,
+        grounding: &[crate::controller::Citation],
+        quoted: bool,
+        step: usize,
+        started: Instant,
+    ) -> Answer {
+        let g = grounding::ground(text, grounding, &self.evidence, quoted);
+        let linked = grounding::linked_text(&g.text, &g.grounding);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.trace.record(TraceEvent::Answer {
+            text: g.text.clone(),
+            controller_text: text.to_string(),
+            copied: g.copied,
+            linked: linked.clone(),
+            grounding: g.grounding.clone(),
+            steps: step,
+            elapsed_ms: elapsed_ms as f64,
+        });
+        self.turns.push(Turn::Answer {
+            text: g.text.clone(),
+            regions: g.grounding.iter().map(|x| x.region.clone()).collect(),
+        });
+        Answer {
+            answer: g.text,
+            grounding: g.grounding,
+            linked,
+            steps: step,
+            elapsed_ms,
+            controller_text: text.to_string(),
+        }
+    }
+
+    /// The answer when the evidence holds none: said plainly, with what was looked at.
+    fn not_found(
+        &mut self,
+        focus: Option<BBox>,
+        spent: &ZoomSpent,
+        step: usize,
+        started: Instant,
+    ) -> Answer {
+        let read = self
+            .evidence
+            .regions()
+            .iter()
+            .filter(|r| r.kind == FindingKind::Text && focus.is_none_or(|f| inside(&r.bbox, &f)))
+            .count();
+        let whereabouts = match focus {
+            Some(f) => {
+                let f = f.rounded();
+                format!(
+                    "in the region [{},{},{},{}]",
+                    f.x1 as i64, f.y1 as i64, f.x2 as i64, f.y2 as i64
+                )
+            }
+            None => "in the image".to_string(),
+        };
+        let looked = match spent.zooms {
+            0 => String::new(),
+            1 => ", after reading 1 place again magnified".to_string(),
+            n => format!(", after reading {n} places again magnified"),
+        };
+        let text = if read == 0 {
+            format!("I cannot tell: no text could be read {whereabouts}{looked}.")
+        } else {
+            format!(
+                "I cannot tell: none of the text read {whereabouts} ({read} regions{looked}) answers the question."
+            )
+        };
+        self.answered(&text, &[], false, step, started)
+    }
+
+    /// The agent that reads magnified (the first that can), if any.
+    fn zoom_agent(&self) -> Option<Arc<dyn DynAgent>> {
+        let probe = BBox::new(0.0, 0.0, 2.0, 2.0);
+        self.orch
+            .agents
+            .iter()
+            .find(|a| a.zoom_arguments(&probe).is_some())
+            .cloned()
+    }
+
+    /// Whether the text read so far makes the image a document.
+    fn is_document(&self) -> bool {
+        self.orch.cfg.document.holds(
+            self.evidence
+                .regions()
+                .iter()
+                .filter(|r| r.kind == FindingKind::Text)
+                .map(|r| r.bbox),
+            self.facts.width,
+            self.facts.height,
+        )
+    }
+
+    /// Before answering with a span read with low confidence: reads its regions again
+    /// magnified; returns whether a closer read superseded one of them (the controller is
+    /// then asked again, on the better reading).
+    async fn verify(
+        &mut self,
+        step: usize,
+        cited: &[crate::controller::Citation],
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) -> bool {
+        let budget = self.orch.cfg.zoom.clone();
+        let Some(agent) = self.zoom_agent() else {
+            return false;
+        };
+        let weak: Vec<Region> = cited
+            .iter()
+            .filter_map(|c| self.evidence.get(&c.region))
+            .filter(|r| r.kind == FindingKind::Text && r.score < budget.verify_below)
+            .filter(|r| {
+                !self
+                    .zoomed
+                    .iter()
+                    .any(|z| r.bbox.intersection(z) >= 0.9 * r.bbox.area())
+            })
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for r in weak {
+            if spent.zooms >= budget.max_zooms || spent.seconds >= budget.max_seconds {
+                break;
+            }
+            let th = r.bbox.height().min(r.bbox.width());
+            let window = zoom::window(
+                &r.bbox,
+                Some(th),
+                self.facts.width as f32,
+                self.facts.height as f32,
+            );
+            let why = format!(
+                "the answer's reading {:?} (confidence {:.2}), read again closer before answering",
+                r.text, r.score
+            );
+            self.zoom_into(step, agent.as_ref(), &window, &why, opts, spent)
+                .await;
+            changed |= self
+                .evidence
+                .get(&r.id)
+                .is_some_and(|x| x.superseded_by.is_some());
+        }
+        changed
+    }
+
+    /// Reads the best places to look again, magnified, within the budget (with
+    /// `unread_only`, only places where text was seen but nothing read); returns whether
+    /// anything was read (the controller is then asked again).
+    async fn zoom_round(
+        &mut self,
+        step: usize,
+        question: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+        unread_only: bool,
+    ) -> bool {
+        let budget = self.orch.cfg.zoom.clone();
+        let Some(agent) = self.zoom_agent() else {
+            return false;
+        };
+        let leads: Vec<Lead> = self
+            .leads
+            .iter()
+            .filter(|l| !unread_only || l.kind == crate::agents::LeadKind::UnreadText)
+            .cloned()
+            .collect();
+        let targets = zoom::targets(&zoom::Scene {
+            question,
+            evidence: &self.evidence,
+            leads: &leads,
+            focus: if unread_only { None } else { opts.region },
+            zoomed: &self.zoomed,
+            width: self.facts.width,
+            height: self.facts.height,
+        });
+        tracing::debug!(targets = targets.len(), "zoom targets");
+        let mut ran = 0;
+        for t in targets {
+            if ran >= budget.per_round
+                || spent.zooms >= budget.max_zooms
+                || spent.pixels >= budget.max_pixels
+                || spent.seconds >= budget.max_seconds
+                || Self::cancelled(opts)
+            {
+                break;
+            }
+            // An earlier zoom of this round may have covered this window already.
+            if self
+                .zoomed
+                .iter()
+                .any(|z| t.window.intersection(z) >= 0.7 * t.window.area())
+            {
+                continue;
+            }
+            self.zoom_into(step, agent.as_ref(), &t.window, &t.why, opts, spent)
+                .await;
+            ran += 1;
+        }
+        ran > 0
+    }
+
+    /// Reads `window` magnified with `agent`, as a call the controller sees.
+    async fn zoom_into(
+        &mut self,
+        step: usize,
+        agent: &dyn DynAgent,
+        window: &BBox,
+        why: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) {
+        let window = window.rounded();
+        let Some(arguments) = agent.zoom_arguments(&window) else {
+            return;
+        };
+        let name = agent.name().to_string();
+        let t0 = Instant::now();
+        let span = tracing::info_span!("zoom", step, window = ?window, why);
+        let record = ZoomRecord {
+            window,
+            scale: None,
+            why: why.to_string(),
+        };
+        let called = self
+            .call(step, &name, arguments.clone(), opts, Some(record))
+            .instrument(span)
+            .await;
+        let scale = called.scale.unwrap_or(1.0) as f64;
+        spent.zooms += 1;
+        spent.seconds += t0.elapsed().as_secs_f64();
+        spent.pixels += window.area() as f64 * scale * scale;
+        self.zoomed.push(window);
+        let superseded = self.evidence.supersede(&window, &called.ids);
+        if !superseded.is_empty() {
+            tracing::debug!(?superseded, "read again more confidently");
+        }
+        self.turns.push(Turn::Call {
+            agent: name.clone(),
+            arguments,
+        });
+        self.turns.push(Turn::Observation {
+            agent: name,
+            content: called.content,
+        });
+    }
+
+    /// Before a question about `focus`: reads it magnified when little has been read there
+    /// (no text region inside, or none read confidently).
+    async fn read_region(&mut self, focus: BBox, opts: &AskOptions, spent: &mut ZoomSpent) {
+        let focus = focus.clamp(self.facts.width as f32, self.facts.height as f32);
+        let thin = !self.evidence.regions().iter().any(|r| {
+            r.kind == FindingKind::Text
+                && r.superseded_by.is_none()
+                && r.score >= THIN_CONFIDENCE
+                && inside(&r.bbox, &focus)
+        });
+        let done = self
+            .zoomed
+            .iter()
+            .any(|z| focus.intersection(z) >= 0.9 * focus.area());
+        if !thin || done || self.orch.cfg.zoom.max_zooms == 0 {
+            return;
+        }
+        if let Some(agent) = self.zoom_agent() {
+            let why = "the region the question is about, little read there yet";
+            self.zoom_into(0, agent.as_ref(), &focus, why, opts, spent)
+                .await;
+        }
     }
 
     /// A question about a region reads that region when the controller calls an agent without
@@ -561,10 +912,15 @@ impl<'o> Session<'o> {
         agent: &str,
         arguments: serde_json::Value,
         opts: &AskOptions,
-    ) -> String {
+        zoom: Option<ZoomRecord>,
+    ) -> Called {
         let key = format!("{agent} {arguments}");
         let t0 = Instant::now();
-        let record = |this: &mut Self, status: &str, summary: String, regions: Vec<Region>| {
+        let record = |this: &mut Self,
+                      status: &str,
+                      summary: String,
+                      regions: Vec<Region>,
+                      zoom: Option<ZoomRecord>| {
             this.trace.record(TraceEvent::Tool {
                 step,
                 agent: agent.to_string(),
@@ -572,8 +928,14 @@ impl<'o> Session<'o> {
                 status: status.to_string(),
                 summary,
                 regions,
+                zoom,
                 elapsed_ms: t0.elapsed().as_secs_f64() * 1e3,
             });
+        };
+        let said = |content: String| Called {
+            content,
+            ids: Vec::new(),
+            scale: None,
         };
         let Some(a) = self.orch.agents.iter().find(|a| a.name() == agent).cloned() else {
             let names: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
@@ -581,8 +943,8 @@ impl<'o> Session<'o> {
                 "There is no tool named {agent:?}. Available: {}.",
                 names.join(", ")
             );
-            record(self, "unknown_tool", msg.clone(), Vec::new());
-            return msg;
+            record(self, "unknown_tool", msg.clone(), Vec::new(), zoom);
+            return said(msg);
         };
         if let Some(ids) = self.call_regions.get(&key).cloned() {
             let msg = if ids.is_empty() {
@@ -593,8 +955,8 @@ impl<'o> Session<'o> {
                     span_of(&ids)
                 )
             };
-            record(self, "repeated", msg.clone(), Vec::new());
-            return msg;
+            record(self, "repeated", msg.clone(), Vec::new(), zoom);
+            return said(msg);
         }
         let cancel = opts.ctx.cancel.clone();
         let run = a.call(&self.image, arguments.clone());
@@ -604,14 +966,14 @@ impl<'o> Session<'o> {
         };
         match outcome {
             None => {
-                record(self, "cancelled", "cancelled".into(), Vec::new());
-                "The call was cancelled.".into()
+                record(self, "cancelled", "cancelled".into(), Vec::new(), zoom);
+                said("The call was cancelled.".into())
             }
             Some(Err(_)) => {
                 let secs = self.orch.cfg.agent_timeout.as_secs_f64();
                 let msg = format!("{agent} did not finish within {secs:.0} s and was stopped. Answer from the evidence you have, or ask for a smaller region.");
-                record(self, "timeout", msg.clone(), Vec::new());
-                msg
+                record(self, "timeout", msg.clone(), Vec::new(), zoom);
+                said(msg)
             }
             Some(Ok(Err(e))) => {
                 let msg = match &e {
@@ -620,8 +982,8 @@ impl<'o> Session<'o> {
                     ),
                     other => format!("Error: {other}"),
                 };
-                record(self, "error", e.to_string(), Vec::new());
-                msg
+                record(self, "error", e.to_string(), Vec::new(), zoom);
+                said(msg)
             }
             Some(Ok(Ok(reply))) => {
                 let ids: Vec<String> = reply
@@ -635,6 +997,13 @@ impl<'o> Session<'o> {
                         unique.push(id.clone());
                     }
                 }
+                self.leads.extend(reply.leads.iter().cloned());
+                let scale = reply
+                    .output
+                    .get("zoom")
+                    .and_then(|z| z.get("scale"))
+                    .and_then(|s| s.as_f64())
+                    .map(|s| s as f32);
                 let regions: Vec<Region> = unique
                     .iter()
                     .filter_map(|id| self.evidence.get(id).cloned())
@@ -643,19 +1012,33 @@ impl<'o> Session<'o> {
                 let content = if regions.is_empty() {
                     format!("{agent} found nothing.")
                 } else {
-                    evidence::render(&refs)
+                    evidence::render(&refs, self.facts.width, self.facts.height)
                 };
+                let zoom = zoom.map(|z| ZoomRecord { scale, ..z });
                 record(
                     self,
                     "ok",
                     format!("{} regions", regions.len()),
                     regions.clone(),
+                    zoom,
                 );
-                self.call_regions.insert(key, unique);
-                content
+                self.call_regions.insert(key, unique.clone());
+                Called {
+                    content,
+                    ids: unique,
+                    scale,
+                }
             }
         }
     }
+}
+
+/// Below this confidence, what was read in a region does not count as having read it.
+const THIN_CONFIDENCE: f32 = 0.8;
+
+/// Whether `b` lies mostly (half its area or more) inside `focus`.
+fn inside(b: &BBox, focus: &BBox) -> bool {
+    b.area() > 0.0 && b.intersection(focus) >= 0.5 * b.area()
 }
 
 /// Words that ask what something looks like.

@@ -440,6 +440,11 @@ impl Session {
         self.logits = Some(mark.logits.clone());
     }
 
+    /// Every token of the conversation (fed or pending).
+    pub fn tokens(&self) -> Vec<u32> {
+        self.fed.iter().chain(&self.pending).copied().collect()
+    }
+
     /// The tokens after `mark` (fed or pending).
     pub fn tokens_since(&self, mark: &Mark) -> Vec<u32> {
         self.fed
@@ -512,6 +517,45 @@ impl Session {
         // The last row is the logits after the whole continuation.
         self.logits = Some(rows.split_off(rows.len().saturating_sub(vocab)));
         Ok(total)
+    }
+
+    /// Runs `ids` as the continuation (one forward pass) and returns, after each of its
+    /// tokens, the log-probability of the continuation so far and the best log-probability
+    /// among `enders` as the token after it. Every prefix of `ids` that is itself a candidate
+    /// (a word of a longer span) is then scored exactly by the same pass: `prefix + ender`.
+    pub fn score_prefixes(
+        &mut self,
+        ids: &[u32],
+        enders: &[u32],
+    ) -> Result<Vec<(f64, f64)>, LlmError> {
+        let Some(&first) = ids.first() else {
+            return Ok(Vec::new());
+        };
+        self.check_cancel()?;
+        let mut total = self.next_logprobs(&[first])?[0];
+        let vocab = self.logits()?.len();
+        let started = Instant::now();
+        let (model, cache) = (&self.lm.model, &mut self.cache);
+        let mut rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
+        self.fed.extend_from_slice(ids);
+        self.stats.prefill_ms += started.elapsed().as_secs_f64() * 1e3;
+        self.stats.prefill_tokens += ids.len();
+        let mut out = Vec::with_capacity(ids.len());
+        for (k, row) in rows.chunks(vocab).enumerate() {
+            let norm = log_norm(row);
+            let end = enders
+                .iter()
+                .filter_map(|&e| row.get(e as usize))
+                .fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64 - norm));
+            out.push((total, end));
+            if let Some(&next) = ids.get(k + 1) {
+                total += row
+                    .get(next as usize)
+                    .map_or(f64::NEG_INFINITY, |&l| l as f64 - norm);
+            }
+        }
+        self.logits = Some(rows.split_off(rows.len().saturating_sub(vocab)));
+        Ok(out)
     }
 
     /// Appends `id` as chosen with log-probability `logprob` (one of [`Session::top_allowed`]).

@@ -33,6 +33,19 @@ pub enum Unit {
     Lines,
 }
 
+/// Where a shape applies (`layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Any image.
+    #[default]
+    Any,
+    /// Only where the text read looks like a document's ([`crate::answer::reads_as_document`]):
+    /// the shape's rules are a document's conventions (a name in the first lines), which a
+    /// photo's signs do not follow.
+    Document,
+}
+
 /// How the copies of a shape are ranked against each other (`rank`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +125,8 @@ pub struct AnswerShape {
     whole_rows: bool,
     /// How its copies are ranked (`rank`).
     pub rank: Rank,
+    /// Where it applies (`layout`).
+    pub layout: Layout,
 }
 
 impl PartialEq for AnswerShape {
@@ -134,6 +149,7 @@ impl PartialEq for AnswerShape {
             && same_pattern(&self.trim_end, &other.trim_end)
             && self.whole_rows == other.whole_rows
             && self.rank == other.rank
+            && self.layout == other.layout
     }
 }
 
@@ -190,6 +206,8 @@ struct ShapeEntry {
     whole_rows: bool,
     #[serde(default)]
     rank: Rank,
+    #[serde(default)]
+    layout: Layout,
 }
 
 /// Parses `answer_shapes.toml`; the error says which shape and pattern is wrong.
@@ -276,14 +294,21 @@ pub fn parse_shapes(text: &str) -> Result<Vec<AnswerShape>, String> {
                     .filter(|h| !h.is_empty()),
                 first_lines: e.first_lines,
                 rank: e.rank,
+                layout: e.layout,
             })
         })
         .collect()
 }
 
-/// The first shape that applies to `question`.
-pub fn shape_for<'a>(shapes: &'a [AnswerShape], question: &str) -> Option<&'a AnswerShape> {
-    shapes.iter().find(|s| s.question.is_match(question))
+/// The first shape that applies to `question`, about a document or not (`layout`).
+pub fn shape_for<'a>(
+    shapes: &'a [AnswerShape],
+    question: &str,
+    document: bool,
+) -> Option<&'a AnswerShape> {
+    shapes
+        .iter()
+        .find(|s| s.question.is_match(question) && (document || s.layout == Layout::Any))
 }
 
 impl AnswerShape {
@@ -530,7 +555,7 @@ mod tests {
     #[test]
     fn questions_pick_their_shape() {
         let shapes = embedded();
-        let name = |q: &str| shape_for(&shapes, q).map(|s| s.name.as_str());
+        let name = |q: &str| shape_for(&shapes, q, true).map(|s| s.name.as_str());
         assert_eq!(name("What is the date?"), Some("date"));
         assert_eq!(name("What is the total amount?"), Some("total"));
         assert_eq!(name("What is the total?"), Some("total"));
@@ -542,6 +567,16 @@ mod tests {
         assert_eq!(name("What is the store's address?"), Some("address"));
         assert_eq!(name("What is the store's phone number?"), None);
         assert_eq!(name("Where is the dog?"), None);
+        // On a photo, a company's name on a sign is wherever the sign is: the document
+        // shapes (a name in the first lines) do not apply; the others do.
+        let photo = |q: &str| shape_for(&shapes, q, false).map(|s| s.name.as_str());
+        assert_eq!(photo("Which company's name is on the orange sign?"), None);
+        assert_eq!(photo("What is the address?"), None);
+        assert_eq!(
+            photo("How much time is left on the game clock?"),
+            Some("time")
+        );
+        assert_eq!(photo("What is the total?"), Some("total"));
     }
 
     #[test]

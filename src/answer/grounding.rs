@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::evidence::Evidence;
 use crate::controller::Citation;
+use crate::orchestrator::evidence::{Evidence, Region};
 use crate::vision::BBox;
 
 /// A region an answer relies on.
@@ -50,13 +50,7 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: b
     let mut cited = Vec::new();
     for c in citations {
         match evidence.get(&c.region) {
-            Some(r)
-                if !cited
-                    .iter()
-                    .any(|x: &&super::evidence::Region| x.id == r.id) =>
-            {
-                cited.push(r)
-            }
+            Some(r) if !cited.iter().any(|x: &&Region| x.id == r.id) => cited.push(r),
             Some(_) => {}
             None => unknown.push(c.region.clone()),
         }
