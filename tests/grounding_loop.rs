@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2g::agents::{Agent, AgentError, BoxFuture, Finding, FindingKind, ToolDefinition};
+use p2g::agents::{Lead, LeadKind};
 use p2g::controller::{
-    Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext, StepStats,
-    Turn,
+    AnswerSource, Citation, Controller, ControllerError, Conversation, Decision, Step, StepContext,
+    StepStats, Turn,
 };
-use p2g::orchestrator::{AskOptions, Orchestrator, OrchestratorError};
+use p2g::orchestrator::{AskOptions, Orchestrator, OrchestratorError, ZoomBudget};
 use p2g::trace::TraceEvent;
 use p2g::vision::{BBox, Image};
 
@@ -21,6 +22,8 @@ use p2g::vision::{BBox, Image};
 struct Scripted {
     replies: Mutex<Vec<Result<Decision, String>>>,
     seen: Arc<Mutex<Vec<Conversation>>>,
+    /// Where its answers say their text came from.
+    source: AnswerSource,
 }
 
 impl Scripted {
@@ -32,6 +35,7 @@ impl Scripted {
             Self {
                 replies: Mutex::new(r),
                 seen: seen.clone(),
+                source: AnswerSource::Model,
             },
             seen,
         )
@@ -66,7 +70,7 @@ impl Controller for Scripted {
                     stats: StepStats::default(),
                     how: None,
                     quoted: false,
-                    source: Default::default(),
+                    source: self.source,
                 }),
                 Err(reason) => Err(ControllerError::Malformed {
                     output: "<tool_call>{oops".into(),
@@ -98,18 +102,22 @@ fn answer(text: &str, regions: &[&str]) -> Decision {
     }
 }
 
-/// An agent that "reads" fixed lines, or fails, or hangs.
+/// An agent that "reads" fixed lines, or fails, or hangs; with `zoomed` lines it can also
+/// read magnified (the lines inside the asked region come back) and reports `leads`.
 #[derive(Clone)]
 struct Reader {
     name: &'static str,
     lines: Vec<(&'static str, [f32; 4])>,
     fail: bool,
     delay: Duration,
+    zoomed: Vec<(&'static str, [f32; 4], f32)>,
+    leads: Vec<Lead>,
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Agent for Reader {
     type Args = serde_json::Value;
-    type Output = Vec<(String, [f32; 4])>;
+    type Output = Vec<(String, [f32; 4], f32)>;
 
     fn name(&self) -> &str {
         self.name
@@ -130,17 +138,28 @@ impl Agent for Reader {
     fn findings(&self, output: &Self::Output) -> Vec<Finding> {
         output
             .iter()
-            .map(|(t, b)| Finding {
+            .map(|(t, b, score)| Finding {
                 bbox: BBox::from(*b),
                 text: t.clone(),
                 kind: FindingKind::Text,
-                score: 0.9,
+                score: *score,
                 quad: None,
             })
             .collect()
     }
 
-    async fn run(&self, _image: &Image, _args: Self::Args) -> Result<Self::Output, AgentError> {
+    fn leads(&self, _output: &Self::Output) -> Vec<Lead> {
+        self.leads.clone()
+    }
+
+    fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value> {
+        (!self.zoomed.is_empty()).then(|| {
+            serde_json::json!({"region": [region.x1, region.y1, region.x2, region.y2], "zoom": "auto"})
+        })
+    }
+
+    async fn run(&self, _image: &Image, args: Self::Args) -> Result<Self::Output, AgentError> {
+        self.calls.lock().unwrap().push(args.clone());
         tokio::time::sleep(self.delay).await;
         if self.fail {
             return Err(AgentError::Inference {
@@ -148,10 +167,28 @@ impl Agent for Reader {
                 reason: "the model file vanished".into(),
             });
         }
+        if let Some(r) = args
+            .get("region")
+            .and_then(|r| serde_json::from_value::<BBox>(r.clone()).ok())
+        {
+            let inside = |b: &[f32; 4]| BBox::from(*b).intersection(&r) > 0.0;
+            return Ok(self
+                .zoomed
+                .iter()
+                .filter(|(_, b, _)| inside(b))
+                .map(|(t, b, s)| (t.to_string(), *b, *s))
+                .chain(
+                    self.lines
+                        .iter()
+                        .filter(|(_, b)| inside(b))
+                        .map(|(t, b)| (t.to_string(), *b, 0.9)),
+                )
+                .collect());
+        }
         Ok(self
             .lines
             .iter()
-            .map(|(t, b)| (t.to_string(), *b))
+            .map(|(t, b)| (t.to_string(), *b, 0.9))
             .collect())
     }
 }
@@ -166,6 +203,9 @@ fn reader() -> Reader {
         ],
         fail: false,
         delay: Duration::ZERO,
+        zoomed: Vec::new(),
+        leads: Vec::new(),
+        calls: Arc::new(Mutex::new(Vec::new())),
     }
 }
 
@@ -213,7 +253,7 @@ fn evidence_is_numbered_and_a_misread_answer_is_copied_from_its_region() {
     let convs = seen.lock().unwrap();
     assert_eq!(
         observations(&convs[1]),
-        vec!["[10,10,200,30] r1 SHOP NAME SDN BHD\n[10,40,200,60] r2 DATE: 25/12/2018\n[10,70,200,90] r3 TOTAL : 9.00"]
+        vec!["[top] r1 SHOP NAME SDN BHD\n[top] r2 DATE: 25/12/2018\n[middle] r3 TOTAL : 9.00"]
     );
     assert_eq!(convs[1].regions.len(), 3);
     // The trace has the whole story, in order.
@@ -409,4 +449,296 @@ fn appearance_questions_without_a_vision_model_are_answered_plainly_not_guessed(
     assert!(!p2g::orchestrator::asks_about_appearance(
         "What is the total amount?"
     ));
+}
+
+fn not_found() -> Decision {
+    Decision::NotFound {
+        reason: "nothing in the evidence".into(),
+    }
+}
+
+/// A photo (2000x1500, a few signs: not a document) with a flag the first pass could not
+/// read: a lead there, and a closer read that finds "WARRIORS".
+fn photo_reader() -> Reader {
+    Reader {
+        name: "reader",
+        lines: vec![
+            ("STOP", [100.0, 100.0, 160.0, 130.0]),
+            ("MAIN ST", [1500.0, 1200.0, 1600.0, 1230.0]),
+        ],
+        fail: false,
+        delay: Duration::ZERO,
+        zoomed: vec![("WARRIORS", [950.0, 600.0, 990.0, 760.0], 0.97)],
+        leads: vec![Lead {
+            bbox: BBox::new(955.0, 620.0, 985.0, 700.0),
+            kind: LeadKind::UnreadText,
+            text_height: Some(20.0),
+            text: None,
+            score: 0.0,
+        }],
+        calls: Arc::new(Mutex::new(Vec::new())),
+    }
+}
+
+fn photo() -> Image {
+    Image::from_rgb(image::RgbImage::new(2000, 1500))
+}
+
+fn zoom_records(s: &p2g::orchestrator::Session<'_>) -> Vec<p2g::orchestrator::ZoomRecord> {
+    s.trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Tool { zoom: Some(z), .. } => Some(z.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_photos_unread_place_is_read_magnified_before_the_controller_answers() {
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("WARRIORS", &["r3"])),
+    ]);
+    let r = photo_reader();
+    let calls = r.calls.clone();
+    let o = orch(c, vec![r]);
+    let mut s = o.session(photo(), std::path::Path::new("flag.jpg"));
+    let a = common::rt()
+        .block_on(s.ask("Which team's flag is it?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(a.answer, "WARRIORS");
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1]["zoom"], "auto");
+    let z = zoom_records(&s);
+    assert_eq!(z.len(), 1);
+    // The window holds the lead, with context around it, inside the image.
+    let lead = BBox::new(955.0, 620.0, 985.0, 700.0);
+    assert!(
+        z[0].window.intersection(&lead) >= lead.area() * 0.99,
+        "{z:?}"
+    );
+    assert!(z[0].window.x2 <= 2000.0 && z[0].window.y1 >= 0.0);
+    assert!(z[0].why.contains("no line came out"), "{}", z[0].why);
+    // The controller answered with the closer read in its evidence, as a region of the
+    // whole image.
+    let convs = seen.lock().unwrap();
+    let w = convs[1]
+        .regions
+        .iter()
+        .find(|r| r.text == "WARRIORS")
+        .unwrap();
+    assert_eq!(w.bbox, BBox::new(950.0, 600.0, 990.0, 760.0));
+}
+
+#[test]
+fn not_found_looks_again_within_the_budget_then_says_so() {
+    // Nothing to look at: "I cannot tell", citing nothing.
+    let (c, _) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(not_found()),
+    ]);
+    let o = orch(c, vec![reader()]);
+    let mut s = o.session(image(), std::path::Path::new("r.png"));
+    let a = common::rt()
+        .block_on(s.ask("What is the dog's name?", AskOptions::default()))
+        .unwrap();
+    assert!(a.answer.starts_with("I cannot tell"), "{}", a.answer);
+    assert!(a.answer.contains("3 regions"), "{}", a.answer);
+    assert!(a.grounding.is_empty());
+    assert_eq!(a.steps, 2);
+
+    // Many places to look again, two zooms allowed per question: exactly two are read, in
+    // one round, then the controller is asked again and its not-found stands.
+    let mut r = photo_reader();
+    r.leads = (0..8)
+        .map(|i| Lead {
+            bbox: BBox::new(
+                100.0 + 200.0 * i as f32,
+                400.0,
+                160.0 + 200.0 * i as f32,
+                420.0,
+            ),
+            kind: LeadKind::LowConfidence,
+            text_height: Some(20.0),
+            text: Some("XX".into()),
+            score: 0.55,
+        })
+        .collect();
+    let calls = r.calls.clone();
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(not_found()),
+        Ok(not_found()),
+    ]);
+    let o = Orchestrator::builder()
+        .controller(c)
+        .agent(r)
+        .max_steps(6)
+        .zoom_budget(ZoomBudget {
+            max_zooms: 2,
+            ..ZoomBudget::default()
+        })
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("p.jpg"));
+    let a = common::rt()
+        .block_on(s.ask("What does the banner say?", AskOptions::default()))
+        .unwrap();
+    assert!(a.answer.starts_with("I cannot tell"), "{}", a.answer);
+    assert!(a.answer.contains("2 places"), "{}", a.answer);
+    assert_eq!(calls.lock().unwrap().len(), 3);
+    assert_eq!(zoom_records(&s).len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
+    // No zooming at all.
+    let (c, _) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(not_found()),
+    ]);
+    let r = photo_reader();
+    let calls = r.calls.clone();
+    let o = Orchestrator::builder()
+        .controller(c)
+        .agent(r)
+        .zoom_budget(ZoomBudget {
+            max_zooms: 0,
+            ..ZoomBudget::default()
+        })
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("p.jpg"));
+    let a = common::rt()
+        .block_on(s.ask("Which team?", AskOptions::default()))
+        .unwrap();
+    assert!(a.answer.starts_with("I cannot tell"), "{}", a.answer);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_weak_reading_is_read_again_before_it_is_given_as_the_answer() {
+    let mut r = photo_reader();
+    r.lines = vec![("PANDA", [880.0, 380.0, 925.0, 410.0])];
+    r.zoomed = vec![("SPALDING", [876.0, 382.0, 930.0, 408.0], 0.95)];
+    r.leads = Vec::new();
+    // The first reading is weak: the reader reports it at 0.9, so make the evidence weak by
+    // reading it through a reader whose confidence is low.
+    let weak = WeakReader(r);
+    let (mut c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("PANDA", &["r1"])),
+        Ok(answer("SPALDING", &["r2"])),
+    ]);
+    c.source = AnswerSource::Evidence;
+    let o = Orchestrator::builder()
+        .controller(c)
+        .agent(weak)
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("nba.png"));
+    let a = common::rt()
+        .block_on(s.ask("Which brand is on the panel?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(a.answer, "SPALDING");
+    assert_eq!(a.steps, 3);
+    let convs = seen.lock().unwrap();
+    // Asked again, the controller is offered the closer reading, not the superseded one.
+    let offered: Vec<&str> = convs[2].regions.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(offered, ["SPALDING"]);
+    assert_eq!(
+        s.evidence().get("r1").unwrap().superseded_by.as_deref(),
+        Some("r2")
+    );
+    assert!(zoom_records(&s)[0].why.contains("PANDA"));
+}
+
+/// A reader whose whole-image lines are read with confidence 0.6.
+struct WeakReader(Reader);
+
+impl Agent for WeakReader {
+    type Args = serde_json::Value;
+    type Output = Vec<(String, [f32; 4], f32)>;
+
+    fn name(&self) -> &str {
+        self.0.name
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        Agent::definition(&self.0)
+    }
+
+    fn findings(&self, output: &Self::Output) -> Vec<Finding> {
+        Agent::findings(&self.0, output)
+    }
+
+    fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value> {
+        Agent::zoom_arguments(&self.0, region)
+    }
+
+    async fn run(&self, image: &Image, args: Self::Args) -> Result<Self::Output, AgentError> {
+        let zoomed = args.get("zoom").is_some();
+        let mut out = Agent::run(&self.0, image, args).await?;
+        if zoomed {
+            // Magnified, the word is read whole: only the closer readings come back.
+            let closer: Vec<&str> = self.0.zoomed.iter().map(|z| z.0).collect();
+            out.retain(|l| closer.contains(&l.0.as_str()));
+        } else {
+            for l in &mut out {
+                l.2 = 0.6;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn a_question_about_a_region_is_read_there_and_answered_only_from_inside_it() {
+    let mut r = photo_reader();
+    r.lines = vec![
+        ("789417-W", [100.0, 100.0, 300.0, 130.0]),
+        ("TOTAL 9.00", [1200.0, 1000.0, 1500.0, 1030.0]),
+    ];
+    r.zoomed = vec![("SPECIAL 12", [1250.0, 1100.0, 1400.0, 1130.0], 0.95)];
+    r.leads = Vec::new();
+    let calls = r.calls.clone();
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("789417-W", &["r1"])),
+        Ok(answer("SPECIAL 12", &["r3"])),
+    ]);
+    let o = orch(c, vec![r]);
+    let mut s = o.session(photo(), std::path::Path::new("p.jpg"));
+    let rt = common::rt();
+    // A first question reads the whole image.
+    rt.block_on(s.ask("What is written at the top?", AskOptions::default()))
+        .unwrap();
+    let region = BBox::new(1200.0, 1050.0, 1600.0, 1200.0);
+    let opts = AskOptions {
+        region: Some(region),
+        ..Default::default()
+    };
+    let a = rt
+        .block_on(s.ask("What number is written here?", opts))
+        .unwrap();
+    assert_eq!(a.answer, "SPECIAL 12");
+    // Nothing had been read inside the region: it was read, magnified, before the
+    // controller was asked...
+    let calls = calls.lock().unwrap();
+    let last = calls.last().unwrap();
+    assert_eq!(last["zoom"], "auto");
+    assert_eq!(
+        last["region"],
+        serde_json::json!([1200.0, 1050.0, 1600.0, 1200.0])
+    );
+    // ...and the controller was offered only what lies inside it.
+    let convs = seen.lock().unwrap();
+    let offered: Vec<&str> = convs
+        .last()
+        .unwrap()
+        .regions
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect();
+    assert_eq!(offered, ["SPECIAL 12"]);
 }

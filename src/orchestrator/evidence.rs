@@ -58,13 +58,15 @@ impl Evidence {
     }
 
     /// Adds a finding and returns its region id; a finding already held (same text, nearly the
-    /// same box) keeps its id, so a zoomed re-read does not duplicate regions.
+    /// same box) keeps its id, so a zoomed re-read does not duplicate regions (and a more
+    /// confident re-read raises its confidence).
     pub fn add(&mut self, agent: &str, f: &Finding) -> String {
         if let Some(r) = self
             .regions
-            .iter()
+            .iter_mut()
             .find(|r| r.kind == f.kind && r.text == f.text && r.bbox.iou(&f.bbox) > 0.7)
         {
+            r.score = r.score.max(f.score);
             return r.id.clone();
         }
         let id = format!("r{}", self.regions.len() + 1);
