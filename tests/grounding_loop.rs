@@ -449,6 +449,21 @@ fn appearance_questions_without_a_vision_model_are_answered_plainly_not_guessed(
     assert!(!p2g::orchestrator::asks_about_appearance(
         "What is the total amount?"
     ));
+    // What is depicted is appearance too; what is written is not.
+    for q in [
+        "What animal is drawn on that red sign?",
+        "Where to buy a mug like this based on its logo?",
+        "What is pictured on the poster?",
+    ] {
+        assert!(p2g::orchestrator::asks_about_appearance(q), "{q}");
+    }
+    for q in [
+        "Which team's name is written on the flag?",
+        "What word is printed on the face of the wall clock?",
+        "Which game is shown on the left monitor?",
+    ] {
+        assert!(!p2g::orchestrator::asks_about_appearance(q), "{q}");
+    }
 }
 
 fn not_found() -> Decision {

@@ -404,8 +404,8 @@ impl<'o> Session<'o> {
         let tools: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
         let text =
             format!(
-            "I cannot tell: answering needs to see what things look like (colours, shapes), and \
-             no vision model is loaded; the available tools ({}) only {}.",
+            "I cannot tell: answering needs to see what things look like (colours, shapes, \
+             drawings, logos), and no vision model is loaded; the available tools ({}) only {}.",
             if tools.is_empty() { "none".to_string() } else { tools.join(", ") },
             if self.orch.agents.iter().any(|a| a.capabilities().contains(&Capability::Objects)) {
                 "read text and locate objects"
@@ -1042,7 +1042,12 @@ fn inside(b: &BBox, focus: &BBox) -> bool {
 }
 
 /// Words that ask what something looks like.
-const APPEARANCE_WORDS: [&str; 14] = [
+///
+/// Also words that ask what is *depicted* — a drawing, a painting, a logo, an animal: a text
+/// reader finds words near such things (a street name next to a drawn tiger, a monitor's brand
+/// next to a mug's logo), and a small controller asked "what animal is drawn on the sign?"
+/// answers with one of them.
+const APPEARANCE_WORDS: [&str; 27] = [
     "colour",
     "color",
     "colours",
@@ -1057,9 +1062,23 @@ const APPEARANCE_WORDS: [&str; 14] = [
     "looks like",
     "wearing",
     "material",
+    "drawn",
+    "drawing",
+    "painted",
+    "painting",
+    "pictured",
+    "picture of",
+    "depicted",
+    "depict",
+    "illustrated",
+    "illustration",
+    "logo",
+    "icon",
+    "animal",
 ];
 
-/// Whether a question asks about appearance (colours, shapes), which text tools cannot see.
+/// Whether a question asks about appearance (colours, shapes) or what is depicted (a drawing,
+/// a logo), which text tools cannot see.
 pub fn asks_about_appearance(question: &str) -> bool {
     let q = question.to_lowercase();
     let words: Vec<&str> = q
