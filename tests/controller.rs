@@ -364,7 +364,7 @@ fn the_first_turn_is_read_back_from_the_prompt_cache() {
 /// the model; this keeps the model's part of `start` tested.)
 #[test]
 fn an_address_is_copied_from_its_first_line_to_its_block_end() {
-    use p2g::controller::shapes::Rank;
+    use p2g::answer::shapes::Rank;
     let q = "What is the address?";
     let ranked = |rank: Rank| {
         move |cfg: &mut EmbeddedConfig| {

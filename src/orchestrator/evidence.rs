@@ -269,7 +269,10 @@ mod tests {
         let other = e.add("ocr", &f("AntoTrader", [799.0, 378.0, 854.0, 400.0], 0.89));
         let zoomed = e.add("ocr", &f("SPALDING", [878.0, 383.0, 930.0, 407.0], 0.94));
         let window = BBox::new(840.0, 350.0, 960.0, 430.0);
-        assert_eq!(e.supersede(&window, &[zoomed.clone()]), [small.clone()]);
+        assert_eq!(
+            e.supersede(&window, std::slice::from_ref(&zoomed)),
+            std::slice::from_ref(&small)
+        );
         assert_eq!(
             e.get(&small).unwrap().superseded_by.as_deref(),
             Some(zoomed.as_str())

@@ -12,14 +12,21 @@
 //! - objects a detection agent found whose name the question uses ("that black mug");
 //! - places an agent could not read well ([`Lead`]s): text-like pixels no line came out of,
 //!   and lines read with low confidence — those near words of the question first (`WMT DE`
-//!   next to `ENTRANCE` when asked how long the wait is);
-//! and never a place already zoomed into.
+//!   next to `ENTRANCE` when asked how long the wait is).
+//!
+//! A place already zoomed into is not read again.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::evidence::{Evidence, Region};
-use crate::agents::{FindingKind, Lead, LeadKind};
+use super::{AskOptions, Session};
+use crate::agents::{DynAgent, FindingKind, Lead, LeadKind};
 use crate::answer::grounding::levenshtein;
+use crate::controller::{Citation, Turn};
 use crate::vision::BBox;
 
 /// Limits on looking again, per question.
@@ -239,6 +246,241 @@ fn clip(s: &str, n: usize) -> String {
     } else {
         format!("{}…", s.chars().take(n).collect::<String>())
     }
+}
+
+/// What one question has spent on zooming.
+#[derive(Debug, Default)]
+pub(super) struct ZoomSpent {
+    pub zooms: usize,
+    pub pixels: f64,
+    pub seconds: f64,
+}
+
+/// A zoomed read, as the trace records it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ZoomRecord {
+    /// The window read, in image pixels.
+    pub window: BBox,
+    /// The magnification the agent applied, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+    /// Why this place was read again.
+    pub why: String,
+}
+
+impl Session<'_> {
+    /// The agent that reads magnified (the first that can), if any.
+    pub(super) fn zoom_agent(&self) -> Option<Arc<dyn DynAgent>> {
+        let probe = BBox::new(0.0, 0.0, 2.0, 2.0);
+        self.orch
+            .agents
+            .iter()
+            .find(|a| a.zoom_arguments(&probe).is_some())
+            .cloned()
+    }
+
+    /// Whether the text read so far makes the image a document.
+    pub(super) fn is_document(&self) -> bool {
+        self.orch.cfg.document.holds(
+            self.evidence
+                .regions()
+                .iter()
+                .filter(|r| r.kind == FindingKind::Text)
+                .map(|r| r.bbox),
+            self.facts.width,
+            self.facts.height,
+        )
+    }
+
+    /// Before answering with a span read with low confidence: reads its regions again
+    /// magnified; returns whether a closer read superseded one of them (the controller is
+    /// then asked again, on the better reading).
+    pub(super) async fn verify(
+        &mut self,
+        step: usize,
+        cited: &[Citation],
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) -> bool {
+        let budget = self.orch.cfg.zoom.clone();
+        let Some(agent) = self.zoom_agent() else {
+            return false;
+        };
+        let weak: Vec<Region> = cited
+            .iter()
+            .filter_map(|c| self.evidence.get(&c.region))
+            .filter(|r| r.kind == FindingKind::Text && r.score < budget.verify_below)
+            .filter(|r| {
+                !self
+                    .zoomed
+                    .iter()
+                    .any(|z| r.bbox.intersection(z) >= 0.9 * r.bbox.area())
+            })
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for r in weak {
+            if spent.zooms >= budget.max_zooms || spent.seconds >= budget.max_seconds {
+                break;
+            }
+            let th = r.bbox.height().min(r.bbox.width());
+            let window = window(
+                &r.bbox,
+                Some(th),
+                self.facts.width as f32,
+                self.facts.height as f32,
+            );
+            let why = format!(
+                "the answer's reading {:?} (confidence {:.2}), read again closer before answering",
+                r.text, r.score
+            );
+            self.zoom_into(step, agent.as_ref(), &window, &why, opts, spent)
+                .await;
+            changed |= self
+                .evidence
+                .get(&r.id)
+                .is_some_and(|x| x.superseded_by.is_some());
+        }
+        changed
+    }
+
+    /// Reads the best places to look again, magnified, within the budget (with
+    /// `unread_only`, only places where text was seen but nothing read); returns whether
+    /// anything was read (the controller is then asked again).
+    pub(super) async fn zoom_round(
+        &mut self,
+        step: usize,
+        question: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+        unread_only: bool,
+    ) -> bool {
+        let budget = self.orch.cfg.zoom.clone();
+        let Some(agent) = self.zoom_agent() else {
+            return false;
+        };
+        let leads: Vec<Lead> = self
+            .leads
+            .iter()
+            .filter(|l| !unread_only || l.kind == crate::agents::LeadKind::UnreadText)
+            .cloned()
+            .collect();
+        let targets = targets(&Scene {
+            question,
+            evidence: &self.evidence,
+            leads: &leads,
+            focus: if unread_only { None } else { opts.region },
+            zoomed: &self.zoomed,
+            width: self.facts.width,
+            height: self.facts.height,
+        });
+        tracing::debug!(targets = targets.len(), "zoom targets");
+        let mut ran = 0;
+        for t in targets {
+            if ran >= budget.per_round
+                || spent.zooms >= budget.max_zooms
+                || spent.pixels >= budget.max_pixels
+                || spent.seconds >= budget.max_seconds
+                || Self::cancelled(opts)
+            {
+                break;
+            }
+            // An earlier zoom of this round may have covered this window already.
+            if self
+                .zoomed
+                .iter()
+                .any(|z| t.window.intersection(z) >= 0.7 * t.window.area())
+            {
+                continue;
+            }
+            self.zoom_into(step, agent.as_ref(), &t.window, &t.why, opts, spent)
+                .await;
+            ran += 1;
+        }
+        ran > 0
+    }
+
+    /// Reads `window` magnified with `agent`, as a call the controller sees.
+    pub(super) async fn zoom_into(
+        &mut self,
+        step: usize,
+        agent: &dyn DynAgent,
+        window: &BBox,
+        why: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) {
+        let window = window.rounded();
+        let Some(arguments) = agent.zoom_arguments(&window) else {
+            return;
+        };
+        let name = agent.name().to_string();
+        let t0 = Instant::now();
+        let span = tracing::info_span!("zoom", step, window = ?window, why);
+        let record = ZoomRecord {
+            window,
+            scale: None,
+            why: why.to_string(),
+        };
+        let called = self
+            .call(step, &name, arguments.clone(), opts, Some(record))
+            .instrument(span)
+            .await;
+        let scale = called.scale.unwrap_or(1.0) as f64;
+        spent.zooms += 1;
+        spent.seconds += t0.elapsed().as_secs_f64();
+        spent.pixels += window.area() as f64 * scale * scale;
+        self.zoomed.push(window);
+        let superseded = self.evidence.supersede(&window, &called.ids);
+        if !superseded.is_empty() {
+            tracing::debug!(?superseded, "read again more confidently");
+        }
+        self.turns.push(Turn::Call {
+            agent: name.clone(),
+            arguments,
+        });
+        self.turns.push(Turn::Observation {
+            agent: name,
+            content: called.content,
+        });
+    }
+
+    /// Before a question about `focus`: reads it magnified when little has been read there
+    /// (no text region inside, or none read confidently).
+    pub(super) async fn read_region(
+        &mut self,
+        focus: BBox,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) {
+        let focus = focus.clamp(self.facts.width as f32, self.facts.height as f32);
+        let thin = !self.evidence.regions().iter().any(|r| {
+            r.kind == FindingKind::Text
+                && r.superseded_by.is_none()
+                && r.score >= THIN_CONFIDENCE
+                && inside(&r.bbox, &focus)
+        });
+        let done = self
+            .zoomed
+            .iter()
+            .any(|z| focus.intersection(z) >= 0.9 * focus.area());
+        if !thin || done || self.orch.cfg.zoom.max_zooms == 0 {
+            return;
+        }
+        if let Some(agent) = self.zoom_agent() {
+            let why = "the region the question is about, little read there yet";
+            self.zoom_into(0, agent.as_ref(), &focus, why, opts, spent)
+                .await;
+        }
+    }
+}
+
+/// Below this confidence, what was read in a region does not count as having read it.
+const THIN_CONFIDENCE: f32 = 0.8;
+
+/// Whether `b` lies mostly (half its area or more) inside `focus`.
+pub(super) fn inside(b: &BBox, focus: &BBox) -> bool {
+    b.area() > 0.0 && b.intersection(focus) >= 0.5 * b.area()
 }
 
 #[cfg(test)]
