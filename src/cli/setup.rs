@@ -81,6 +81,11 @@ pub struct LoopArgs {
     #[arg(long, value_name = "SECS", default_value_t = ZoomBudget::default().max_seconds)]
     pub zoom_seconds: f64,
 
+    /// After this many seconds on a question the controller must answer with what it has (no
+    /// more calls or zooms).
+    #[arg(long, value_name = "SECS", default_value_t = 40)]
+    pub answer_by: u64,
+
     /// Refuse images with more pixels than this (protects against decompression bombs).
     #[arg(long, value_name = "N", default_value_t = p2g::vision::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -120,6 +125,7 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         .controller(controller)
         .max_steps(args.max_steps)
         .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)))
+        .answer_by(Duration::from_secs(args.answer_by.max(1)))
         .zoom_budget(ZoomBudget {
             max_zooms: args.max_zooms,
             max_seconds: args.zoom_seconds.max(0.0),

@@ -89,6 +89,9 @@ pub struct LoopConfig {
     /// When the text read makes the image a document (its unread margins are not read
     /// before answering).
     pub document: crate::answer::DocumentTest,
+    /// After this long on one question, the controller's next decision must answer: no more
+    /// calls or zooms (a question takes this plus one decision at most).
+    pub answer_by: Duration,
 }
 
 impl Default for LoopConfig {
@@ -99,6 +102,7 @@ impl Default for LoopConfig {
             history: History::Full,
             zoom: ZoomBudget::default(),
             document: Default::default(),
+            answer_by: Duration::from_secs(40),
         }
     }
 }
@@ -152,6 +156,12 @@ impl OrchestratorBuilder {
 
     pub fn history(mut self, h: History) -> Self {
         self.cfg.history = h;
+        self
+    }
+
+    /// After this long on one question, the controller must answer with what it has.
+    pub fn answer_by(mut self, d: Duration) -> Self {
+        self.cfg.answer_by = d;
         self
     }
 
@@ -423,7 +433,9 @@ impl<'o> Session<'o> {
             if Self::cancelled(opts) {
                 return Err((OrchestratorError::Cancelled, step - 1));
             }
-            let conv = self.conversation(current, opts.region, step == max);
+            // The last step, or time is up: answer with what there is.
+            let last = step == max || started.elapsed() >= self.orch.cfg.answer_by;
+            let conv = self.conversation(current, opts.region, last);
             let question = conv.question().unwrap_or_default().to_string();
             let Some(step_taken) = self
                 .decide(step, &conv, opts, &mut repaired)
@@ -443,7 +455,7 @@ impl<'o> Session<'o> {
                     // A span chosen by likelihood is only as good as its reading: a weak one
                     // is read again closer, and the controller asked again if that changed it.
                     if source == AnswerSource::Evidence
-                        && step < max
+                        && !last
                         && self.verify(step, &grounding, opts, &mut spent).await
                     {
                         continue;
@@ -453,7 +465,7 @@ impl<'o> Session<'o> {
                 Decision::NotFound { .. } => {
                     // Look again where the image was not read well; answer "not found" only
                     // when there is nowhere left to look or the budget is spent.
-                    if step < max
+                    if !last
                         && self
                             .zoom_round(step, &question, opts, &mut spent, false)
                             .await
@@ -472,7 +484,7 @@ impl<'o> Session<'o> {
                     }
                     // A photo's places where text was seen but not read are read magnified
                     // before the controller answers from what the first pass made of it.
-                    if !self.is_document() {
+                    if !self.is_document() && started.elapsed() < self.orch.cfg.answer_by {
                         self.zoom_round(step, &question, opts, &mut spent, true)
                             .await;
                     }
