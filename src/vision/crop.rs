@@ -122,17 +122,33 @@ pub fn resize_normalize_into(
     }
 }
 
+/// The crop's width and height before any turn: the quad's longer horizontal and vertical edges.
+fn crop_sides(quad: &Quad) -> (f32, f32) {
+    let [p0, p1, p2, p3] = quad.0;
+    let qw = dist(p0, p1).max(dist(p3, p2)).round().max(1.0);
+    let qh = dist(p0, p3).max(dist(p1, p2)).round().max(1.0);
+    (qw, qh)
+}
+
+/// Whether [`crop_quad`] turns this quad's crop by 90°: its text runs steeply (the quad is at
+/// least 1.5 times as tall as wide along its own edges). With PaddleOCR's corner order that
+/// is exactly a line whose long axis is more than 45° from horizontal, and such a line may
+/// read top to bottom or bottom to top: the crop can come out upright or upside down.
+pub fn turns_vertical(quad: &Quad) -> bool {
+    let (qw, qh) = crop_sides(quad);
+    qh / qw >= 1.5
+}
+
 /// Cuts the (possibly rotated) quadrilateral out of `src` into an upright image whose width
 /// is the quad's longer horizontal edge and height its longer vertical edge — PaddleOCR's
 /// `get_rotate_crop_image`. Lines much taller than wide (vertical text) are turned 90°
 /// counter-clockwise so the recogniser reads them left to right.
 pub fn crop_quad(src: &RgbImage, quad: &Quad) -> RgbImage {
     let [p0, p1, p2, p3] = quad.0;
-    let qw = dist(p0, p1).max(dist(p3, p2)).round().max(1.0);
-    let qh = dist(p0, p3).max(dist(p1, p2)).round().max(1.0);
+    let (qw, qh) = crop_sides(quad);
     // Vertical text is turned 90° counter-clockwise (numpy's rot90, as PaddleOCR does): the
     // output's x axis runs down the quad's right edge, its y axis from right to left.
-    let vertical = qh / qw >= 1.5;
+    let vertical = turns_vertical(quad);
     let (origin, along, across, len_along, len_across) = if vertical {
         (
             p1,

@@ -41,26 +41,49 @@ impl ProbMap {
     }
 }
 
+/// A probability map over the whole image read, with `sx`, `sy` image pixels per map pixel.
+pub struct MapView {
+    pub map: ProbMap,
+    pub sx: f32,
+    pub sy: f32,
+}
+
 /// Text boxes in map pixels with their scores.
 pub fn boxes(map: &ProbMap, p: &DbParams) -> Vec<(Quad, f32)> {
-    let (w, h) = (map.width, map.height);
     let cut = (p.thresh * 255.0).floor() as u8;
     let mut mask: Vec<bool> = map.data.iter().map(|&v| v > cut).collect();
     let mut out = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
-    let mut pixels: Vec<(u32, u32)> = Vec::new();
     let mut candidates = 0usize;
-    for start in 0..w * h {
-        if !mask[start] {
-            continue;
-        }
+    for_each_component(&mut mask, map.width, map.height, |pixels| {
         candidates += 1;
         if candidates > p.max_candidates {
             tracing::warn!(
                 max_candidates = p.max_candidates,
                 "more text regions than max_candidates; the rest are ignored"
             );
-            break;
+            return false;
+        }
+        if let Some(b) = component_box(map, pixels, p) {
+            out.push(b);
+        }
+        true
+    });
+    out
+}
+
+/// Calls `f` with the pixels of each 8-connected component of `mask` (a `w x h` grid, row
+/// by row), clearing the mask as it goes; stops early when `f` returns false.
+pub fn for_each_component(
+    mask: &mut [bool],
+    w: usize,
+    h: usize,
+    mut f: impl FnMut(&[(u32, u32)]) -> bool,
+) {
+    let mut stack: Vec<usize> = Vec::new();
+    let mut pixels: Vec<(u32, u32)> = Vec::new();
+    for start in 0..(w * h).min(mask.len()) {
+        if !mask[start] {
+            continue;
         }
         // Flood fill one 8-connected component, clearing it from the mask as we go.
         pixels.clear();
@@ -83,17 +106,47 @@ pub fn boxes(map: &ProbMap, p: &DbParams) -> Vec<(Quad, f32)> {
                 }
             }
         }
-        if let Some(b) = component_box(map, &pixels, p) {
-            out.push(b);
+        if !f(&pixels) {
+            break;
         }
     }
-    out
 }
 
-fn component_box(map: &ProbMap, pixels: &[(u32, u32)], p: &DbParams) -> Option<(Quad, f32)> {
-    // Only each row's leftmost and rightmost pixels can be on the convex hull.
-    let y0 = pixels.iter().map(|q| q.1).min()?;
-    let y1 = pixels.iter().map(|q| q.1).max()?;
+/// Map pixels above `prob` that lie outside every one of `boxes` (in map pixels): text-like
+/// evidence no box explains. Pixels inside a (generously unclipped) box are explained; a
+/// nearly flat box explains its whole bounding rectangle.
+pub fn unexplained_mask(map: &ProbMap, boxes: &[Quad], prob: f32) -> Vec<bool> {
+    let cut = ProbMap::quantise(prob);
+    let mut mask: Vec<bool> = map.data.iter().map(|&v| v > cut).collect();
+    if map.width == 0 || map.height == 0 {
+        return mask;
+    }
+    for q in boxes {
+        let b = q.bbox();
+        let x0 = (b.x1.floor() as i64 - 1).max(0) as usize;
+        let y0 = (b.y1.floor() as i64 - 1).max(0) as usize;
+        let x1 = ((b.x2.ceil() as i64 + 1).max(0) as usize).min(map.width - 1);
+        let y1 = ((b.y2.ceil() as i64 + 1).max(0) as usize).min(map.height - 1);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                if q.contains([x as f32, y as f32]) || b.width() < 3.0 || b.height() < 3.0 {
+                    mask[y * map.width + x] = false;
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// The convex-hull candidates of a component: each row's leftmost and rightmost pixel (only
+/// those can be on the hull).
+pub fn row_extremes(pixels: &[(u32, u32)]) -> Vec<[f32; 2]> {
+    let (Some(y0), Some(y1)) = (
+        pixels.iter().map(|q| q.1).min(),
+        pixels.iter().map(|q| q.1).max(),
+    ) else {
+        return Vec::new();
+    };
     let mut rows = vec![(u32::MAX, 0u32); (y1 - y0 + 1) as usize];
     for &(x, y) in pixels {
         let r = &mut rows[(y - y0) as usize];
@@ -107,6 +160,14 @@ fn component_box(map: &ProbMap, pixels: &[(u32, u32)], p: &DbParams) -> Option<(
             pts.push([a as f32, y]);
             pts.push([b as f32, y]);
         }
+    }
+    pts
+}
+
+fn component_box(map: &ProbMap, pixels: &[(u32, u32)], p: &DbParams) -> Option<(Quad, f32)> {
+    let pts = row_extremes(pixels);
+    if pts.is_empty() {
+        return None;
     }
     let (quad, short) = min_area_rect(&pts);
     if short < p.min_size {

@@ -196,26 +196,8 @@ struct Unresolved {
 
 impl Unresolved {
     fn new(map: &ProbMap, boxes: &[Quad], sx: f32, sy: f32) -> Self {
-        let cut = ProbMap::quantise(UNRESOLVED_PROB);
-        let mut mask: Vec<bool> = map.data.iter().map(|&v| v > cut).collect();
-        for q in boxes {
-            // Pixels inside a found (already unclipped, so generously sized) box are explained;
-            // a nearly flat box explains its whole bounding rectangle.
-            let b = q.bbox();
-            let x0 = (b.x1.floor() as i64 - 1).max(0) as usize;
-            let y0 = (b.y1.floor() as i64 - 1).max(0) as usize;
-            let x1 = ((b.x2.ceil() as i64 + 1).max(0) as usize).min(map.width.saturating_sub(1));
-            let y1 = ((b.y2.ceil() as i64 + 1).max(0) as usize).min(map.height.saturating_sub(1));
-            for y in y0..=y1 {
-                for x in x0..=x1 {
-                    if q.contains([x as f32, y as f32]) || b.width() < 3.0 || b.height() < 3.0 {
-                        mask[y * map.width + x] = false;
-                    }
-                }
-            }
-        }
         Self {
-            mask,
+            mask: db::unexplained_mask(map, boxes, UNRESOLVED_PROB),
             width: map.width,
             height: map.height,
             sx,
