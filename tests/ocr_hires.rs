@@ -51,6 +51,7 @@ fn a_region_is_read_in_original_coordinates() {
             &image,
             &OcrArgs {
                 region: Some(region),
+                zoom: None,
             },
         )
         .unwrap();

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use p2g::agents::ocr::{OcrAgent, OcrArgs, OcrConfig, OcrOutput, TextLine};
-use p2g::agents::AgentManifest;
+use p2g::agents::ocr::{OcrAgent, OcrArgs, OcrConfig, OcrOutput, TextLine, Zoom, ZoomApplied};
+use p2g::agents::{AgentManifest, Lead};
 use p2g::models::Store;
 use p2g::vision::{draw, BBox, Image, LoadOptions, Quad};
 
@@ -32,6 +32,15 @@ pub struct OcrCmd {
     #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = parse_bbox)]
     region: Option<BBox>,
 
+    /// Magnify the region (or the whole image) before reading: `auto` (bring its text to the
+    /// height the models read best) or a factor from 1 to `zoom_max_scale` (4), e.g. 2.5.
+    #[arg(long, value_name = "auto|N", value_parser = parse_zoom)]
+    zoom: Option<Zoom>,
+
+    /// With --json, also list the leads: places where text was seen but not read well.
+    #[arg(long)]
+    leads: bool,
+
     #[command(flatten)]
     models: ModelArgs,
 
@@ -50,6 +59,11 @@ pub struct OcrCmd {
     /// resolve (slower; for exhaustive reading).
     #[arg(long)]
     tile_all: bool,
+
+    /// Do not read the tiles where the global pass saw nothing text-like (they are read for
+    /// leads only, so lines do not change; it saves time on large photos).
+    #[arg(long)]
+    no_explore: bool,
 
     /// Longest side of the whole-image detection pass.
     #[arg(long, value_name = "PX")]
@@ -85,13 +99,22 @@ pub fn parse_bbox(s: &str) -> Result<BBox, String> {
     }
 }
 
-/// The exact `--json` shape: one object per image.
+fn parse_zoom(s: &str) -> Result<Zoom, String> {
+    s.parse()
+}
+
+/// The exact `--json` shape: one object per image; `zoom` only when --zoom was given,
+/// `leads` only with --leads.
 #[derive(Serialize)]
 struct JsonLine<'a> {
     width: u32,
     height: u32,
     elapsed_ms: u64,
     lines: Vec<JsonText<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zoom: Option<ZoomApplied>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leads: Option<&'a [Lead]>,
 }
 
 #[derive(Serialize)]
@@ -103,8 +126,10 @@ struct JsonText<'a> {
 }
 
 impl<'a> JsonLine<'a> {
-    fn new(out: &'a OcrOutput) -> Self {
+    fn new(out: &'a OcrOutput, leads: bool) -> Self {
         Self {
+            zoom: out.zoom,
+            leads: leads.then_some(out.leads.as_slice()),
             width: out.width,
             height: out.height,
             elapsed_ms: out.elapsed_ms,
@@ -139,6 +164,7 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
         &mut o.max_tiles,
     );
     o.tile_all |= cmd.tile_all;
+    o.explore_tiles &= !cmd.no_explore;
     o.use_orientation &= !cmd.no_orientation;
     o.restore_spaces &= !cmd.no_restore_spaces;
     o.fix_confusions &= !cmd.no_fix_confusions;
@@ -152,7 +178,10 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
     let load = LoadOptions {
         max_pixels: cmd.max_pixels,
     };
-    let args = OcrArgs { region: cmd.region };
+    let args = OcrArgs {
+        region: cmd.region,
+        zoom: cmd.zoom,
+    };
     let many = cmd.images.len() > 1;
     let mut failures = 0usize;
     let stdout = std::io::stdout();
@@ -162,7 +191,7 @@ pub fn run(cmd: OcrCmd) -> Result<ExitCode> {
         match result {
             Ok((image, ocr)) => {
                 if cmd.json {
-                    serde_json::to_writer(&mut out, &JsonLine::new(&ocr))?;
+                    serde_json::to_writer(&mut out, &JsonLine::new(&ocr, cmd.leads))?;
                     writeln!(out)?;
                 } else {
                     if many {

@@ -3,13 +3,21 @@
 
 use image::RgbImage;
 
-use super::db::{self, DbParams, ProbMap};
+use super::db::{self, DbParams, MapView, ProbMap};
 use super::OcrOptions;
 use crate::agents::AgentError;
 use crate::models::runtime::OnnxModel;
 use crate::vision::crop::{resize_normalize_into, Normalize, Planes, Rect};
 use crate::vision::geometry::Quad;
-use crate::vision::tiling;
+use crate::vision::tiling::{self, Tile};
+
+/// What detection found: text lines in image pixels, and the probability maps of the passes
+/// that ran (the global pass; the tiles, stitched), kept so that text-like evidence no line
+/// explains can be reported as a lead.
+pub struct Detection {
+    pub quads: Vec<Quad>,
+    pub maps: Vec<MapView>,
+}
 
 pub struct Detector {
     model: OnnxModel,
@@ -28,7 +36,7 @@ impl Detector {
     }
 
     /// Detects text lines; quads are in `img` pixels.
-    pub fn detect(&self, img: &RgbImage, opts: &OcrOptions) -> Result<Vec<Quad>, AgentError> {
+    pub fn detect(&self, img: &RgbImage, opts: &OcrOptions) -> Result<Detection, AgentError> {
         let (w, h) = img.dimensions();
         let params = DbParams {
             thresh: opts.det_thresh,
@@ -52,83 +60,122 @@ impl Detector {
         let (sx, sy) = (w as f32 / map.width as f32, h as f32 / map.height as f32);
         let global: Vec<Quad> = quads.iter().map(|q| to_image(q, sx, sy, w, h)).collect();
         if global_scale >= 1.0 || !opts.tiling {
-            return Ok(global);
+            return Ok(Detection {
+                quads: global,
+                maps: vec![MapView { map, sx, sy }],
+            });
         }
         let unresolved = Unresolved::new(&map, &quads, sx, sy);
-        drop(map);
-        let tiled = self.detect_tiled(img, opts, &params, &unresolved)?;
-        Ok(merge_global_into_tiled(tiled, global))
+        let (tiled, tile_map) = self.detect_tiled(img, opts, &params, &unresolved, global.len())?;
+        let mut maps = vec![MapView { map, sx, sy }];
+        maps.extend(tile_map);
+        Ok(Detection {
+            quads: merge_global_into_tiled(tiled, global),
+            maps,
+        })
     }
 
+    /// The tiled pass: tiles where the global pass saw text it could not resolve are read
+    /// for lines. When the whole detection found little (`explore_max_boxes`), the tiles where
+    /// the global pass saw nothing at all are read too, but only for their probability map
+    /// (leads): the lines read stay those of the gated pass.
     fn detect_tiled(
         &self,
         img: &RgbImage,
         opts: &OcrOptions,
         params: &DbParams,
         unresolved: &Unresolved,
-    ) -> Result<Vec<Quad>, AgentError> {
+        global_boxes: usize,
+    ) -> Result<(Vec<Quad>, Option<MapView>), AgentError> {
         let (w, h) = img.dimensions();
-        let tile = opts.tile_size.max(64);
-        let overlap = opts.tile_overlap.min(tile / 2);
-        // Too many native tiles: read the tiled pass at a reduced scale instead.
-        let mut scale = 1.0f32;
-        let mut layout = tiling::tiles(w, h, tile, overlap);
-        while layout.len() > opts.max_tiles.max(1) && scale > 0.05 {
-            scale *= 0.85;
-            let (t, o) = (
-                (tile as f32 / scale) as u32,
-                (overlap as f32 / scale) as u32,
-            );
-            layout = tiling::tiles(w, h, t, o);
-        }
+        let (layout, scale) = tile_layout(w, h, opts);
         // Tiles where the global pass saw no text it could not resolve add nothing but time
         // (and, on a 300 dpi scan, fragments of lines it already read whole).
-        let run: Vec<bool> = layout
+        let run: Vec<&Tile> = layout
             .iter()
-            .map(|t| opts.tile_all || unresolved.count(t.core) >= MIN_UNRESOLVED_PIXELS)
+            .filter(|t| opts.tile_all || unresolved.count(t.core) >= MIN_UNRESOLVED_PIXELS)
             .collect();
         let _s = tracing::debug_span!(
             "ocr.detect.tiles",
             tiles = layout.len(),
-            read = run.iter().filter(|&&r| r).count(),
+            read = run.len(),
             scale
         )
         .entered();
-        if !run.contains(&true) {
-            return Ok(Vec::new());
+        let blank = || {
+            ProbMap::new(
+                ((w as f32 * scale).round() as usize).max(1),
+                ((h as f32 * scale).round() as usize).max(1),
+            )
+        };
+        let inv = 1.0 / scale;
+        let (mut stitched, mut quads) = (None, Vec::new());
+        if !run.is_empty() {
+            let mut map = blank();
+            self.stitch(img, &run, scale, &mut map, true)?;
+            quads = db::boxes(&map, params)
+                .into_iter()
+                .map(|(q, _)| to_image(&q, inv, inv, w, h))
+                .collect();
+            stitched = Some(map);
         }
-        let (mw, mh) = (
-            ((w as f32 * scale).round() as usize).max(1),
-            ((h as f32 * scale).round() as usize).max(1),
-        );
-        let mut stitched = ProbMap::new(mw, mh);
+        // A photo in which detection found (almost) nothing may still hold text too small to
+        // leave any trace at the global pass's scale: the flag in flag.JPG, 20-pixel letters
+        // in a 4140-pixel photo. Only there is the cost (a detector pass per tile) paid.
+        if opts.explore_tiles && global_boxes + quads.len() <= opts.explore_max_boxes {
+            let explore: Vec<&Tile> = layout
+                .iter()
+                .filter(|t| !run.contains(t) && unresolved.blind(t.core) && has_edges(img, t.rect))
+                .collect();
+            tracing::debug!(explored = explore.len(), "ocr: tiles explored for leads");
+            if !explore.is_empty() {
+                let map = stitched.get_or_insert_with(blank);
+                self.stitch(img, &explore, scale, map, false)?;
+            }
+        }
+        let view = stitched.map(|map| MapView {
+            map,
+            sx: inv,
+            sy: inv,
+        });
+        Ok((quads, view))
+    }
+
+    /// Reads `tiles` at `scale` into `stitched`. Each tile's whole map is merged in (max), so a
+    /// line running into a skipped neighbour stays whole; with `own_cores`, each tile alone
+    /// then decides inside its own core, where it had full context.
+    fn stitch(
+        &self,
+        img: &RgbImage,
+        tiles: &[&Tile],
+        scale: f32,
+        stitched: &mut ProbMap,
+        own_cores: bool,
+    ) -> Result<(), AgentError> {
+        let (mw, mh) = (stitched.width, stitched.height);
         let to_map = |v: u32, max: usize| ((v as f32 * scale).round() as usize).min(max);
         let mut cores = Vec::new();
-        for (t, _) in layout.iter().zip(&run).filter(|(_, &r)| r) {
+        for t in tiles {
             let map = self.prob_map(img, t.rect, scale)?;
             let (ox, oy) = (to_map(t.rect.x, mw), to_map(t.rect.y, mh));
-            // Everything the tile saw, so a line running into a skipped neighbour stays whole...
-            paste(&mut stitched, &map, ox, oy, [ox, oy, mw, mh], |dst, src| {
+            paste(stitched, &map, ox, oy, [ox, oy, mw, mh], |dst, src| {
                 *dst = (*dst).max(src)
             });
-            let [cx0, cy0, cx1, cy1] = t.core;
-            let core = [
-                to_map(cx0, mw),
-                to_map(cy0, mh),
-                to_map(cx1, mw),
-                to_map(cy1, mh),
-            ];
-            cores.push((map, ox, oy, core));
+            if own_cores {
+                let [cx0, cy0, cx1, cy1] = t.core;
+                let core = [
+                    to_map(cx0, mw),
+                    to_map(cy0, mh),
+                    to_map(cx1, mw),
+                    to_map(cy1, mh),
+                ];
+                cores.push((map, ox, oy, core));
+            }
         }
-        // ...and each tile alone decides inside its own core, where it had full context.
         for (map, ox, oy, core) in &cores {
-            paste(&mut stitched, map, *ox, *oy, *core, |dst, src| *dst = src);
+            paste(stitched, map, *ox, *oy, *core, |dst, src| *dst = src);
         }
-        let inv = 1.0 / scale;
-        Ok(db::boxes(&stitched, params)
-            .into_iter()
-            .map(|(q, _)| to_image(&q, inv, inv, w, h))
-            .collect())
+        Ok(())
     }
 
     /// Runs the detector on `img[rect]` scaled by `scale`, padded to a multiple of 32, and
@@ -178,15 +225,68 @@ fn to_image(q: &Quad, sx: f32, sy: f32, w: u32, h: u32) -> Quad {
     })
 }
 
+/// The tiles of the tiled pass and the scale they are read at: native resolution, unless
+/// that takes more than `max_tiles`, in which case the tiled pass is read at a reduced scale.
+fn tile_layout(w: u32, h: u32, opts: &OcrOptions) -> (Vec<Tile>, f32) {
+    let tile = opts.tile_size.max(64);
+    let overlap = opts.tile_overlap.min(tile / 2);
+    let mut scale = 1.0f32;
+    let mut layout = tiling::tiles(w, h, tile, overlap);
+    while layout.len() > opts.max_tiles.max(1) && scale > 0.05 {
+        scale *= 0.85;
+        let (t, o) = (
+            (tile as f32 / scale) as u32,
+            (overlap as f32 / scale) as u32,
+        );
+        layout = tiling::tiles(w, h, t, o);
+    }
+    (layout, scale)
+}
+
+/// An explored tile must have at least this share of edge pixels (see [`has_edges`]). Blank
+/// paper around a 300 dpi receipt has none (sroie-dev 023 and 024: 0.0-0.3%), while every
+/// tile of a street photo has several percent (flag.JPG: 7.6-21%, sky and clouds included).
+const EXPLORE_MIN_EDGES: f32 = 0.01;
+/// A pixel is an edge when its grey level differs from its right and lower neighbours by
+/// this much together.
+const EDGE_STEP: i32 = 30;
+
+/// Whether `img[rect]` has enough edges to hold legible text: text is strokes, and a flat
+/// tile (blank paper, a clear sky) costs a detector pass for nothing. Every other pixel of
+/// every other row is looked at.
+fn has_edges(img: &RgbImage, rect: Rect) -> bool {
+    let grey = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y);
+        (i32::from(p[0]) + 2 * i32::from(p[1]) + i32::from(p[2])) / 4
+    };
+    let (x1, y1) = (
+        (rect.x + rect.width).min(img.width()).saturating_sub(1),
+        (rect.y + rect.height).min(img.height()).saturating_sub(1),
+    );
+    let (mut edges, mut seen) = (0usize, 0usize);
+    for y in (rect.y..y1).step_by(2) {
+        for x in (rect.x..x1).step_by(2) {
+            let g = grey(x, y);
+            let step = (grey(x + 1, y) - g).abs() + (grey(x, y + 1) - g).abs();
+            edges += usize::from(step > EDGE_STEP);
+            seen += 1;
+        }
+    }
+    seen > 0 && edges as f32 >= EXPLORE_MIN_EDGES * seen as f32
+}
+
 /// Global-map pixels that look like text (probability above [`UNRESOLVED_PROB`]) but lie
 /// outside every box the global pass found: text too small to resolve at that scale.
 const UNRESOLVED_PROB: f32 = 0.15;
 /// A tile is read when its core holds at least this many unresolved global-map pixels.
 const MIN_UNRESOLVED_PIXELS: usize = 6;
 
-/// Where the global pass saw text-like evidence it could not turn into a box.
+/// Where the global pass saw text-like evidence it could not turn into a box, and where it
+/// saw none at all.
 struct Unresolved {
     mask: Vec<bool>,
+    /// Every text-like pixel, inside a box or not.
+    seen: Vec<bool>,
     width: usize,
     height: usize,
     /// Image pixels per global-map pixel.
@@ -198,6 +298,7 @@ impl Unresolved {
     fn new(map: &ProbMap, boxes: &[Quad], sx: f32, sy: f32) -> Self {
         Self {
             mask: db::unexplained_mask(map, boxes, UNRESOLVED_PROB),
+            seen: db::unexplained_mask(map, &[], UNRESOLVED_PROB),
             width: map.width,
             height: map.height,
             sx,
@@ -207,12 +308,21 @@ impl Unresolved {
 
     /// Unresolved pixels inside `[x0, y0, x1, y1)` given in image pixels.
     fn count(&self, r: [u32; 4]) -> usize {
+        self.count_in(&self.mask, r)
+    }
+
+    /// Whether the global pass saw nothing text-like at all inside `r` (image pixels).
+    fn blind(&self, r: [u32; 4]) -> bool {
+        self.count_in(&self.seen, r) == 0
+    }
+
+    fn count_in(&self, mask: &[bool], r: [u32; 4]) -> usize {
         let gx = |v: u32| ((v as f32 / self.sx) as usize).min(self.width);
         let gy = |v: u32| ((v as f32 / self.sy) as usize).min(self.height);
         let (x0, x1, y0, y1) = (gx(r[0]), gx(r[2]), gy(r[1]), gy(r[3]));
         (y0..y1)
             .map(|y| {
-                self.mask[y * self.width + x0..y * self.width + x1]
+                mask[y * self.width + x0..y * self.width + x1]
                     .iter()
                     .filter(|&&m| m)
                     .count()

@@ -8,13 +8,18 @@
 //!
 //! Stages: [`det`] (global pass + tiles → DB boxes, [`db`]) → rotated crops → [`rec`]
 //! (batched recognition, CTC decode) → [`cls`] (lines it calls upside down are read turned
-//! too, and the more confident reading wins) → [`order`].
+//! too, and the more confident reading wins; steep lines are always read both ways) →
+//! [`order`]. A [`zoom`] reads a region magnified through the same stages; [`leads`] are the
+//! places a reading left for a closer look.
 
 mod cls;
 pub mod db;
 mod det;
+pub mod leads;
 mod order;
 pub mod rec;
+mod steep;
+pub mod zoom;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,13 +27,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentError, AgentManifest, Capability, Finding, FindingKind, ToolDefinition};
+use super::{
+    Agent, AgentError, AgentManifest, Capability, Finding, FindingKind, Lead, ToolDefinition,
+};
 use crate::models::runtime::{self, SessionOptions};
 use crate::models::{ModelError, ModelSource, Store};
-use crate::vision::crop::crop_quad;
+use crate::vision::crop::{crop_quad, turns_vertical};
 use crate::vision::{BBox, Image, Quad};
 
 pub use order::reading_order;
+pub use zoom::{Zoom, ZoomApplied};
 
 /// Pipeline options; defaults come from `agents/ocr.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +59,26 @@ pub struct OcrOptions {
     pub restore_spaces: bool,
     /// Read a zero among letters as O, an O among digits as zero ([`rec::fix_confusions`]).
     pub fix_confusions: bool,
+    /// Also read, for leads only, the tiles where the global pass saw nothing text-like...
+    pub explore_tiles: bool,
+    /// ...when detection found at most this many boxes in the whole image.
+    pub explore_max_boxes: usize,
+    /// `zoom: "auto"` magnifies text to this height (a box's shorter side, in pixels).
+    pub zoom_text_height: f32,
+    /// The largest magnification a zoom may ask for or `auto` may pick.
+    pub zoom_max_scale: f32,
+    /// A magnified crop has at most this many pixels; the scale is reduced to fit.
+    pub zoom_max_pixels: u64,
+    /// What `auto` picks where the region shows nothing text-like at all.
+    pub zoom_default_scale: f32,
+    /// Probability above which a detector map pixel is text-like evidence for a lead.
+    pub lead_prob: f32,
+    /// Lines read with a lower confidence are leads too (kept or not).
+    pub lead_confidence: f32,
+    /// Text-like regions smaller than this many map pixels are specks, not leads.
+    pub lead_min_area: usize,
+    /// At most this many unread-text leads (largest first), and as many low-confidence ones.
+    pub max_leads: usize,
 }
 
 impl Default for OcrOptions {
@@ -71,6 +99,16 @@ impl Default for OcrOptions {
             min_confidence: 0.5,
             restore_spaces: true,
             fix_confusions: true,
+            explore_tiles: true,
+            explore_max_boxes: 4,
+            zoom_text_height: 90.0,
+            zoom_max_scale: 4.0,
+            zoom_max_pixels: 8_000_000,
+            zoom_default_scale: 2.0,
+            lead_prob: 0.15,
+            lead_confidence: 0.85,
+            lead_min_area: 12,
+            max_leads: 32,
         }
     }
 }
@@ -82,6 +120,14 @@ impl OcrOptions {
             fix_confusions: self.fix_confusions,
         }
     }
+
+    fn blob_params(&self) -> leads::BlobParams {
+        leads::BlobParams {
+            prob: self.lead_prob,
+            min_area: self.lead_min_area,
+            unclip_ratio: self.unclip_ratio,
+        }
+    }
 }
 
 /// Arguments a controller may pass.
@@ -91,6 +137,10 @@ pub struct OcrArgs {
     /// Read only inside this box (image pixels).
     #[serde(default)]
     pub region: Option<BBox>,
+    /// Magnify the region (or the whole image) before reading it: `"auto"` or a factor from
+    /// 1 to `zoom_max_scale` ([`zoom`]). Results stay in original-image pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<Zoom>,
 }
 
 /// One line of text, in original-image pixels.
@@ -113,6 +163,13 @@ pub struct OcrOutput {
     pub elapsed_ms: u64,
     /// Lines in reading order.
     pub lines: Vec<TextLine>,
+    /// The zoom the reading was made with, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<ZoomApplied>,
+    /// Places worth a closer look ([`leads`]): unread text-like evidence, then lines read with
+    /// low confidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leads: Vec<Lead>,
 }
 
 struct Inner {
@@ -209,52 +266,261 @@ impl Inner {
         let _span = tracing::info_span!("ocr.read", width = image.width(), height = image.height())
             .entered();
         let (w, h) = (image.width(), image.height());
+        if let Some(z) = &args.zoom {
+            z.validate(self.options.zoom_max_scale)
+                .map_err(|reason| AgentError::Arguments {
+                    agent: "ocr".into(),
+                    reason,
+                })?;
+        }
         let (view, offset) = super::region_view(image, args.region.as_ref(), "ocr")?;
         let rgb = view.as_ref().unwrap_or(image.rgb());
-        let boxes = self.det.detect(rgb, &self.options)?;
-        let crops: Vec<image::RgbImage> = boxes.iter().map(|q| crop_quad(rgb, q)).collect();
-        let mut texts = self.rec.recognise(&crops, self.options.decoding())?;
-        let mut flipped = vec![false; crops.len()];
-        if let Some(cls) = &self.cls {
-            self.settle_orientation(cls, &crops, &mut texts, &mut flipped)?;
-        }
-        let mut lines: Vec<TextLine> = boxes
-            .iter()
-            .zip(texts)
-            .zip(flipped)
-            .filter(|((_, t), _)| !t.text.is_empty() && t.confidence >= self.options.min_confidence)
-            .map(|((b, t), upside_down)| {
-                let quad = b.map(|p| [p[0] + offset[0], p[1] + offset[1]]).rounded();
-                TextLine {
-                    text: t.text,
-                    confidence: t.confidence,
-                    bbox: quad.bbox(),
-                    quad,
-                    upside_down,
-                }
-            })
-            .collect();
-        let order = reading_order(&lines.iter().map(|l| l.quad).collect::<Vec<_>>());
-        let mut sorted = Vec::with_capacity(lines.len());
-        let mut taken: Vec<Option<TextLine>> = lines.drain(..).map(Some).collect();
-        for i in order {
-            if let Some(l) = taken[i].take() {
-                sorted.push(l);
+        let (pass, zoom) = match args.zoom {
+            None => (
+                self.pass(rgb, None, &self.options)?
+                    .into_image([1.0, 1.0], offset),
+                None,
+            ),
+            Some(z) => {
+                let (pass, scale) = self.zoomed(rgb, z)?;
+                let region = BBox::new(
+                    offset[0],
+                    offset[1],
+                    offset[0] + rgb.width() as f32,
+                    offset[1] + rgb.height() as f32,
+                );
+                let applied = ZoomApplied {
+                    region,
+                    scale: (scale[0] * 100.0).round() / 100.0,
+                };
+                (pass.into_image(scale, offset), Some(applied))
             }
-        }
+        };
+        let leads = pass.leads(&self.options, w as f32, h as f32);
+        let order = reading_order(&pass.lines.iter().map(|l| l.quad).collect::<Vec<_>>());
+        let mut taken: Vec<Option<TextLine>> = pass.lines.into_iter().map(Some).collect();
+        let lines = order.into_iter().filter_map(|i| taken[i].take()).collect();
         Ok(OcrOutput {
             width: w,
             height: h,
             elapsed_ms: started.elapsed().as_millis() as u64,
-            lines: sorted,
+            lines,
+            zoom,
+            leads,
+        })
+    }
+
+    /// Reads `rgb` magnified by `zoom` (capped by `zoom_max_pixels`); returns the reading in
+    /// the magnified image's pixels and the factor applied per axis (1 when the region was
+    /// read as it is).
+    fn zoomed(&self, rgb: &image::RgbImage, zoom: Zoom) -> Result<(Pass, [f32; 2]), AgentError> {
+        let o = &self.options;
+        let cap = zoom::pixel_cap(rgb.width(), rgb.height(), o.zoom_max_pixels);
+        let (wanted, first) = match zoom {
+            Zoom::Scale(s) => (s, None),
+            Zoom::Auto => {
+                let _s = tracing::debug_span!("ocr.zoom.measure").entered();
+                let det = self.det.detect(rgb, o)?;
+                let height = text_height(&det, o);
+                let s = zoom::auto_scale(
+                    height,
+                    o.zoom_text_height,
+                    o.zoom_max_scale,
+                    o.zoom_default_scale,
+                );
+                tracing::debug!(?height, scale = s, "ocr zoom: text height measured");
+                (s, Some(det))
+            }
+        };
+        let scale = wanted.min(cap);
+        // Within 5% of 1x, magnifying only blurs.
+        if scale <= 1.05 {
+            return Ok((self.pass(rgb, first, o)?, [1.0, 1.0]));
+        }
+        let _s = tracing::debug_span!("ocr.zoom", scale).entered();
+        let up = zoom::upsample(rgb, scale);
+        let per_axis = [
+            up.width() as f32 / rgb.width() as f32,
+            up.height() as f32 / rgb.height() as f32,
+        ];
+        // A zoom is the closer look already: its blind tiles are not explored for leads.
+        let closer = OcrOptions {
+            explore_tiles: false,
+            ..o.clone()
+        };
+        Ok((self.pass(&up, None, &closer)?, per_axis))
+    }
+
+    /// Detection (unless given), recognition and orientation over `rgb`, in its pixels.
+    fn pass(
+        &self,
+        rgb: &image::RgbImage,
+        detection: Option<det::Detection>,
+        o: &OcrOptions,
+    ) -> Result<Pass, AgentError> {
+        let mut det = match detection {
+            Some(d) => d,
+            None => self.det.detect(rgb, o)?,
+        };
+        det.quads = steep::join_pieces(std::mem::take(&mut det.quads));
+        let crops: Vec<image::RgbImage> = det.quads.iter().map(|q| crop_quad(rgb, q)).collect();
+        let steep: Vec<bool> = det
+            .quads
+            .iter()
+            .zip(&crops)
+            .map(|(q, c)| turns_vertical(q) && c.width() as f32 >= LONG_LINE * c.height() as f32)
+            .collect();
+        let mut texts = self.rec.recognise(&crops, o.decoding())?;
+        let mut flipped = vec![false; crops.len()];
+        self.settle_steep(&crops, &steep, &mut texts, &mut flipped)?;
+        if let Some(cls) = &self.cls {
+            self.settle_orientation(cls, &crops, &steep, &mut texts, &mut flipped)?;
+        }
+        let (mut lines, mut dropped) = (Vec::new(), Vec::new());
+        for ((quad, t), upside_down) in det.quads.iter().zip(texts).zip(flipped) {
+            if t.text.is_empty() {
+                // Nothing read: its pixels stay unexplained, an unread-text lead.
+                continue;
+            }
+            let line = TextLine {
+                text: t.text,
+                confidence: t.confidence,
+                bbox: quad.bbox(),
+                quad: *quad,
+                upside_down,
+            };
+            if line.confidence >= o.min_confidence {
+                lines.push(line);
+            } else {
+                dropped.push(line);
+            }
+        }
+        let explained: Vec<Quad> = lines.iter().chain(&dropped).map(|l| l.quad).collect();
+        let params = o.blob_params();
+        let unread = det
+            .maps
+            .iter()
+            .flat_map(|m| leads::blobs(m, &explained, &params))
+            .collect();
+        Ok(Pass {
+            lines,
+            dropped,
+            unread,
         })
     }
 }
+
+/// The height of the text in a detection: the median of its boxes' shorter sides or, when
+/// no box came out, of its text-like blobs'; `None` when there is nothing text-like at all.
+fn text_height(det: &det::Detection, o: &OcrOptions) -> Option<f32> {
+    let mut heights: Vec<f32> = det.quads.iter().map(zoom::line_height).collect();
+    if heights.is_empty() {
+        let params = o.blob_params();
+        heights = det
+            .maps
+            .iter()
+            .flat_map(|m| leads::blobs(m, &[], &params))
+            .map(|b| b.text_height)
+            .collect();
+    }
+    zoom::median(&mut heights)
+}
+
+/// One reading of an image (a region, perhaps magnified): the lines kept, those dropped for
+/// low confidence, and the text-like evidence no line explains.
+struct Pass {
+    lines: Vec<TextLine>,
+    dropped: Vec<TextLine>,
+    unread: Vec<leads::Blob>,
+}
+
+impl Pass {
+    /// This reading in original-image pixels: divided by the magnification `scale` (per
+    /// axis), then moved by the region's `offset`.
+    fn into_image(self, scale: [f32; 2], offset: [f32; 2]) -> Pass {
+        let line = |l: TextLine| {
+            let quad = l.quad.map(|p| zoom::to_image(p, scale, offset)).rounded();
+            TextLine {
+                bbox: quad.bbox(),
+                quad,
+                ..l
+            }
+        };
+        Pass {
+            lines: self.lines.into_iter().map(line).collect(),
+            dropped: self.dropped.into_iter().map(line).collect(),
+            unread: self
+                .unread
+                .iter()
+                .map(|b| b.shrunk(scale, offset))
+                .collect(),
+        }
+    }
+
+    /// The reading's leads in a `width x height` image: unread text, then lines read with
+    /// low confidence, the least confident first.
+    fn leads(&self, o: &OcrOptions, width: f32, height: f32) -> Vec<Lead> {
+        let mut out = leads::unread_leads(self.unread.clone(), width, height, o.max_leads);
+        let mut weak: Vec<&TextLine> = self
+            .dropped
+            .iter()
+            .chain(
+                self.lines
+                    .iter()
+                    .filter(|l| l.confidence < o.lead_confidence),
+            )
+            .collect();
+        weak.sort_by(|a, b| a.confidence.total_cmp(&b.confidence));
+        out.extend(
+            weak.into_iter()
+                .take(o.max_leads)
+                .map(|l| leads::low_confidence_lead(&l.quad, &l.text, l.confidence, width, height)),
+        );
+        out
+    }
+}
+
+/// A line at least this many times as long as thick is several characters: its orientation
+/// can be told from a reading (as the classifier's own "informative" lines). A single tall
+/// character is not: an upright "6" in a tall box, turned the other way, reads "9" more
+/// confidently (sroie-dev 014 and 038).
+const LONG_LINE: f32 = 2.5;
 
 /// Within this much mean confidence, two readings of a line (as is, turned 180°) are a tie.
 const ORIENTATION_TIE: f32 = 0.02;
 
 impl Inner {
+    /// Reads every steep line ([`turns_vertical`], and [`LONG_LINE`] long) turned 180° as well
+    /// and keeps the more confident reading. Such a line's crop is turned 90° counter-clockwise,
+    /// upright for text running top to bottom; a word on a flag or a spine may run bottom to
+    /// top just as well, and the orientation classifier, trained on horizontal lines, is not
+    /// asked. A tie keeps the crop as cut (PaddleOCR's choice).
+    fn settle_steep(
+        &self,
+        crops: &[image::RgbImage],
+        steep: &[bool],
+        texts: &mut [rec::Recognised],
+        flipped: &mut [bool],
+    ) -> Result<(), AgentError> {
+        let idx: Vec<usize> = (0..crops.len()).filter(|&i| steep[i]).collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let _span = tracing::debug_span!("ocr.steep", lines = idx.len()).entered();
+        let turned: Vec<image::RgbImage> = idx
+            .iter()
+            .map(|&i| image::imageops::rotate180(&crops[i]))
+            .collect();
+        let readings = self.rec.recognise(&turned, self.options.decoding())?;
+        for (&i, r) in idx.iter().zip(readings) {
+            if r.confidence - texts[i].confidence > ORIENTATION_TIE {
+                texts[i] = r;
+                flipped[i] = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Decides which lines are upside down. The classifier alone is not trusted on short
     /// lines: "000" or "9" look alike both ways up, and turning "9" makes it "6" — a silent
     /// wrong answer. So only lines of three or more characters' width are classified; one
@@ -265,13 +531,14 @@ impl Inner {
         &self,
         cls: &cls::Orientation,
         crops: &[image::RgbImage],
+        steep: &[bool],
         texts: &mut [rec::Recognised],
         flipped: &mut [bool],
     ) -> Result<(), AgentError> {
         // On sroie-dev an 18x12 mark read "5" upright and "9" turned, with the classifier
-        // sure it was upside down.
+        // sure it was upside down. Steep lines were settled already ([`Self::settle_steep`]).
         let informative: Vec<usize> = (0..crops.len())
-            .filter(|&i| crops[i].width() as f32 >= 2.5 * crops[i].height() as f32)
+            .filter(|&i| !steep[i] && crops[i].width() as f32 >= 2.5 * crops[i].height() as f32)
             .collect();
         let sample: Vec<&image::RgbImage> = informative.iter().map(|&i| &crops[i]).collect();
         let probs = cls.upside_down(&sample)?;
@@ -283,7 +550,7 @@ impl Inner {
             .collect();
         let page_upside_down = flagged.len() * 2 > informative.len();
         let candidates: Vec<usize> = if page_upside_down {
-            (0..crops.len()).collect()
+            (0..crops.len()).filter(|&i| !steep[i]).collect()
         } else {
             flagged
         };
@@ -334,6 +601,20 @@ impl Agent for OcrAgent {
                 quad: Some(l.quad),
             })
             .collect()
+    }
+
+    fn leads(&self, output: &OcrOutput) -> Vec<Lead> {
+        output.leads.clone()
+    }
+
+    /// `{"region": [x1, y1, x2, y2], "zoom": "auto"}`: read the region magnified so its
+    /// text reaches the height the models read best.
+    fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value> {
+        serde_json::to_value(OcrArgs {
+            region: Some(*region),
+            zoom: Some(Zoom::Auto),
+        })
+        .ok()
     }
 
     async fn run(&self, image: &Image, args: OcrArgs) -> Result<OcrOutput, AgentError> {
