@@ -91,9 +91,17 @@ fn the_flag_photo_leaves_a_lead_on_the_flag_and_following_it_reads_the_word() {
     assert_eq!(lead.score, 0.0);
     let h = lead.text_height.expect("a text height");
     assert!((10.0..60.0).contains(&h), "text height {h}");
-    // The orchestrator's way: the agent's own zoom arguments, through the JSON interface.
-    let args = Agent::zoom_arguments(agent, &lead.bbox).expect("OCR can zoom");
-    let b = lead.bbox;
+    // The orchestrator's way: a window around the lead with a few text heights of context
+    // (the detector saw only part of the word), the agent's own zoom arguments for it, the
+    // JSON interface.
+    let pad = (0.5 * lead.bbox.width().max(lead.bbox.height())).max(3.0 * h);
+    let b = BBox::new(
+        lead.bbox.x1 - pad,
+        lead.bbox.y1 - pad,
+        lead.bbox.x2 + pad,
+        lead.bbox.y2 + pad,
+    );
+    let args = Agent::zoom_arguments(agent, &b).expect("OCR can zoom");
     assert_eq!(
         args,
         serde_json::json!({"region": [b.x1, b.y1, b.x2, b.y2], "zoom": "auto"})

@@ -110,11 +110,13 @@ fn unclipped_height(rect: &Quad, ratio: f32) -> f32 {
     w.min(h) + 2.0 * grow
 }
 
-/// How far a lead's box reaches past its evidence, in text heights. A blob is DB's shrunk
-/// kernel of the text, and often of only part of it: on flag.JPG the native-resolution map
-/// covers "WARRIO" and stops 2.2 text heights short of the word's end. A zoom also needs a
-/// margin to detect a line whole.
-const LEAD_MARGIN: f32 = 2.5;
+/// How far an unread-text lead's box reaches past its blob, in text heights: a blob is DB's
+/// shrunk kernel of the text, and DB grows a box by `area * unclip_ratio / perimeter` a side,
+/// which for a line is about 0.3 of the grown height. So a lead's box is where the text is
+/// (as a line's box is), and a caller adds the context a zoom needs: the detector often sees
+/// only part of a word (on flag.JPG the map covers "WARRIO" and stops 2.2 text heights short
+/// of the word's end; nba.png's "SPALDING" was boxed as "PANDA").
+const LEAD_MARGIN: f32 = 0.3;
 
 /// Blobs whose boxes come within this many text heights of each other are one lead: the
 /// letters of a word, or the lines of one sign, read by one zoom.
@@ -123,7 +125,7 @@ const MERGE_REACH: f32 = 0.5;
 /// At most this many blobs are merged: the rest are specks after the largest.
 const MAX_BLOBS: usize = 512;
 
-/// Merges nearby blobs into at most `max` [`LeadKind::UnreadText`] leads, largest first,
+/// Merges nearby blobs into at most `max` [`LeadKind::UnreadText`] leads, most text-like first,
 /// their boxes padded and clamped to the `width x height` image.
 pub fn unread_leads(mut blobs: Vec<Blob>, width: f32, height: f32, max: usize) -> Vec<Lead> {
     blobs.sort_by(|a, b| b.rank().total_cmp(&a.rank()));
@@ -183,12 +185,11 @@ fn joined(a: &Blob, b: &Blob) -> Blob {
 }
 
 /// A line read with low confidence (`text` at `score`) as a [`LeadKind::LowConfidence`]
-/// lead: its box with the same margin as unread text (the detector often boxed only part of
-/// a word it read badly: "PANDA" for the middle of nba.png's "SPALDING"), clamped.
+/// lead: the line's box, clamped to the `width x height` image.
 pub fn low_confidence_lead(quad: &Quad, text: &str, score: f32, width: f32, height: f32) -> Lead {
     let h = line_height(quad);
     Lead {
-        bbox: padded(&quad.bbox(), LEAD_MARGIN * h, width, height),
+        bbox: padded(&quad.bbox(), 0.0, width, height),
         kind: LeadKind::LowConfidence,
         text_height: Some(round1(h)),
         text: Some(text.to_string()),
@@ -275,15 +276,15 @@ mod tests {
             8,
         );
         assert_eq!(leads.len(), 2);
-        // The larger first, 2.5 text heights of margin.
-        assert_eq!(leads[0].bbox, BBox::new(225.0, 75.0, 295.0, 135.0));
-        assert_eq!(leads[1].bbox, BBox::new(75.0, 75.0, 169.0, 135.0));
+        // The larger first, grown by 0.3 text heights as DB grows a box.
+        assert_eq!(leads[0].bbox, BBox::new(247.0, 97.0, 273.0, 113.0));
+        assert_eq!(leads[1].bbox, BBox::new(97.0, 97.0, 147.0, 113.0));
         assert!(leads.iter().all(|l| l.kind == LeadKind::UnreadText
             && l.score == 0.0
             && l.text_height == Some(10.0)));
         let capped = unread_leads(vec![blob(0.0, 1.0), blob(200.0, 2.0)], 300.0, 300.0, 1);
         assert_eq!(capped.len(), 1);
-        assert_eq!(capped[0].bbox.x1, 175.0);
+        assert_eq!(capped[0].bbox.x1, 197.0);
     }
 
     #[test]
@@ -305,8 +306,8 @@ mod tests {
         let q = Quad::from_bbox(&BBox::new(10.0, 10.0, 110.0, 30.0));
         let l = low_confidence_lead(&q, "NARRI", 0.6, 100.0, 100.0);
         assert_eq!(l.kind, LeadKind::LowConfidence);
-        // 2.5 line heights of margin, clamped to the 100x100 image.
-        assert_eq!(l.bbox, BBox::new(0.0, 0.0, 100.0, 80.0));
+        // The line's box, clamped to the 100x100 image.
+        assert_eq!(l.bbox, BBox::new(10.0, 10.0, 100.0, 30.0));
         assert_eq!(l.text_height, Some(20.0));
         assert_eq!(l.text.as_deref(), Some("NARRI"));
     }

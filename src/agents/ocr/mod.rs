@@ -65,8 +65,10 @@ pub struct OcrOptions {
     pub explore_max_boxes: usize,
     /// `zoom: "auto"` magnifies text to this height (a box's shorter side, in pixels).
     pub zoom_text_height: f32,
-    /// The largest magnification a zoom may ask for or `auto` may pick.
+    /// The largest magnification a zoom may ask for...
     pub zoom_max_scale: f32,
+    /// ...and the largest `auto` picks.
+    pub zoom_auto_max_scale: f32,
     /// A magnified crop has at most this many pixels; the scale is reduced to fit.
     pub zoom_max_pixels: u64,
     /// What `auto` picks where the region shows nothing text-like at all.
@@ -77,7 +79,7 @@ pub struct OcrOptions {
     pub lead_confidence: f32,
     /// Text-like regions smaller than this many map pixels are specks, not leads.
     pub lead_min_area: usize,
-    /// At most this many unread-text leads (largest first), and as many low-confidence ones.
+    /// At most this many unread-text leads (most text-like first), and as many low-confidence.
     pub max_leads: usize,
 }
 
@@ -103,6 +105,7 @@ impl Default for OcrOptions {
             explore_max_boxes: 4,
             zoom_text_height: 90.0,
             zoom_max_scale: 4.0,
+            zoom_auto_max_scale: 3.0,
             zoom_max_pixels: 8_000_000,
             zoom_default_scale: 2.0,
             lead_prob: 0.15,
@@ -325,7 +328,7 @@ impl Inner {
                 let s = zoom::auto_scale(
                     height,
                     o.zoom_text_height,
-                    o.zoom_max_scale,
+                    o.zoom_auto_max_scale.min(o.zoom_max_scale),
                     o.zoom_default_scale,
                 );
                 tracing::debug!(?height, scale = s, "ocr zoom: text height measured");
