@@ -398,6 +398,7 @@ impl Inner {
                 dropped.push(line);
             }
         }
+        let _span = tracing::debug_span!("ocr.leads", maps = det.maps.len()).entered();
         let explained: Vec<Quad> = lines.iter().chain(&dropped).map(|l| l.quad).collect();
         let params = o.blob_params();
         let unread = det
