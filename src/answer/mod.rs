@@ -118,6 +118,10 @@ pub struct Settings {
     /// Forward passes the exact scoring may run per answer (each scores one span and the
     /// shorter spans it begins with).
     pub max_passes: usize,
+    /// With calibration: spans within this many nats of the likeliest are candidates...
+    pub window: f64,
+    /// ...and the likeliest this many of them are scored against the neutral question.
+    pub recheck: usize,
     /// Which span answers is chosen by `log p(span | question) - calibration * log p(span |
     /// neutral_question)` (0: by the first term alone; see [`rank::Calibration`]).
     pub calibration: f64,
@@ -135,8 +139,11 @@ impl Settings {
         if s.not_found.iter().all(|p| p.trim().is_empty()) {
             return Err("not_found needs at least one phrase".into());
         }
-        if s.max_words == 0 || s.max_regions == 0 || s.max_passes == 0 {
-            return Err("max_words, max_regions and max_passes must be at least 1".into());
+        if s.max_words == 0 || s.max_regions == 0 || s.max_passes == 0 || s.recheck == 0 {
+            return Err("max_words, max_regions, max_passes and recheck must be at least 1".into());
+        }
+        if !(s.window > 0.0) {
+            return Err("window must be a positive number of nats".into());
         }
         if !s.margin.is_finite() || !(0.0..=1.0).contains(&s.document_min_coverage) {
             return Err("margin must be a number and document_min_coverage within 0..1".into());

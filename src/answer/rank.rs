@@ -242,6 +242,11 @@ pub struct ChooseLimits {
     /// At most this many forward passes over candidates (each one a span and every shorter
     /// span its tokens begin with); the rest are left unscored.
     pub max_passes: usize,
+    /// Calibrated, only spans within this many nats of the likeliest span are candidates
+    /// (what the question adds cannot make up more), and of those the likeliest `recheck`
+    /// are scored against the neutral question.
+    pub window: f64,
+    pub recheck: usize,
 }
 
 /// The same prompt with the question's content taken away ("What is written here?"), to
@@ -312,20 +317,17 @@ pub fn choose(
     let floor = nf - limits.margin;
     let mut scores: HashMap<usize, f64> = HashMap::new();
     let mut best = f64::NEG_INFINITY;
-    let mut run: Vec<usize> = Vec::new();
     for &o in order.iter().take(limits.max_passes) {
-        // Calibrated, a span below the best can still win: only the floor prunes.
-        let bar = if calibration.is_some() {
-            floor
-        } else {
-            best.max(floor)
+        // Calibrated, a span below the best can still win, by up to the window.
+        let bar = match calibration {
+            Some(_) => floor.max(best - limits.window),
+            None => best.max(floor),
         };
         if bounds[o] <= bar {
             break;
         }
         s.rewind(&mark);
         passes += 1;
-        run.push(leaves[o]);
         best = best.max(score_leaf(
             s,
             &tokens[leaves[o]],
@@ -335,41 +337,29 @@ pub fn choose(
         )?);
     }
     s.rewind(&mark);
-    let answerable: Vec<(usize, f64)> = scores
+    // The candidates worth calibrating: answerable, within the window of the best, the
+    // likeliest few.
+    let mut contenders: Vec<(usize, f64)> = scores
         .iter()
         .map(|(&i, &lp)| (i, lp))
-        .filter(|&(_, lp)| lp > floor)
+        .filter(|&(_, lp)| lp > floor && lp >= best - limits.window)
         .collect();
+    contenders.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    contenders.truncate(limits.recheck);
     let mut neutral: HashMap<usize, f64> = HashMap::new();
-    if let (Some(c), false) = (calibration, answerable.len() < 2) {
-        let main = s.tokens();
-        let mut other = c.neutral_prompt.to_vec();
-        other.extend_from_slice(&main[c.prompt_len.min(main.len())..]);
-        s.set_prompt(&other);
-        let neutral_mark = s.mark()?;
-        for &leaf in &run {
-            s.rewind(&neutral_mark);
-            passes += 1;
-            score_leaf(s, &tokens[leaf], &closers, &by_tokens, &mut neutral)?;
-        }
-        s.set_prompt(&main);
-        s.mark()?;
+    if let (Some(c), true) = (calibration, contenders.len() >= 2) {
+        passes += calibrate(s, c, &contenders, &tokens, &closers, &mut neutral)?;
     }
     let weight = calibration.map_or(0.0, |c| c.weight);
-    let calibrated = |i: usize, lp: f64| lp - weight * neutral.get(&i).copied().unwrap_or(0.0);
+    // Calibrated, only the rechecked contenders compete; otherwise every answerable span.
+    let score = |i: usize, lp: f64| match neutral.get(&i) {
+        Some(n) => lp - weight * n,
+        None if neutral.is_empty() && lp > floor => lp,
+        None => f64::NEG_INFINITY,
+    };
     let mut top: Vec<(usize, f64, f64)> = scores
         .iter()
-        .map(|(&i, &lp)| {
-            (
-                i,
-                lp,
-                if lp > floor {
-                    calibrated(i, lp)
-                } else {
-                    f64::NEG_INFINITY
-                },
-            )
-        })
+        .map(|(&i, &lp)| (i, lp, score(i, lp)))
         .collect();
     top.sort_by(|a, b| {
         b.2.total_cmp(&a.2)
@@ -386,6 +376,36 @@ pub fn choose(
         scored,
         passes,
     })
+}
+
+/// Scores the `contenders` (index, log-probability) under the neutral prompt into `neutral`,
+/// and puts the session back on the real prompt. Returns the forward passes run.
+fn calibrate(
+    s: &mut Session,
+    c: Calibration<'_>,
+    contenders: &[(usize, f64)],
+    tokens: &[Vec<u32>],
+    closers: &[u32],
+    neutral: &mut HashMap<usize, f64>,
+) -> Result<usize, LlmError> {
+    let main = s.tokens();
+    let mut other = c.neutral_prompt.to_vec();
+    other.extend_from_slice(&main[c.prompt_len.min(main.len())..]);
+    // Switching prompts is scoring, not a new prompt: the step's counters stay the real one's.
+    let counted = s.stats_snapshot();
+    s.set_prompt(&other);
+    let neutral_mark = s.mark()?;
+    let mut passes = 0;
+    for &(i, _) in contenders {
+        s.rewind(&neutral_mark);
+        passes += 1;
+        let by_tokens: HashMap<&[u32], usize> = HashMap::from([(tokens[i].as_slice(), i)]);
+        score_leaf(s, &tokens[i], closers, &by_tokens, neutral)?;
+    }
+    s.set_prompt(&main);
+    s.mark()?;
+    s.restore_prompt_counts(counted);
+    Ok(passes)
 }
 
 /// Scores one leaf span (one forward pass from where the session is): every candidate its

@@ -497,6 +497,8 @@ fn extract(
         ChooseLimits {
             margin: settings.margin,
             max_passes: settings.max_passes,
+            window: settings.window,
+            recheck: settings.recheck,
         },
         input.neutral.map(|neutral_prompt| Calibration {
             neutral_prompt,

@@ -18,10 +18,23 @@ pub struct Region {
     /// The text line's outline, where the agent gave one (see [`Finding::quad`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quad: Option<Quad>,
-    /// A closer (zoomed) read of the same place read it more confidently as this region: the
-    /// controller is no longer offered this one as an answer.
+    /// Another reading of the same place stands instead of this one (a closer read that was
+    /// clearly more confident, or an earlier one a closer read did not clearly beat): the
+    /// controller is not offered this one as an answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    /// Read with low confidence, and a closer look did not read it again: not evidence, not
+    /// offered as an answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
+}
+
+impl Region {
+    /// Whether the controller may answer with this region: no other reading of its place
+    /// stands instead, and a closer look did not fail to confirm it.
+    pub fn stands(&self) -> bool {
+        self.superseded_by.is_none() && !self.unconfirmed
+    }
 }
 
 impl Region {
@@ -79,42 +92,107 @@ impl Evidence {
             score: f.score,
             quad: f.quad,
             superseded_by: None,
+            unconfirmed: false,
         });
         id
     }
 
-    /// After a zoomed read of `window` that produced `fresh` regions: an older text region
-    /// inside the window that a fresh, more confident one overlaps by most of its area was
-    /// read again more closely, and is superseded by it ("PANDA" read small, "SPALDING"
-    /// read magnified). Returns the ids superseded.
-    pub fn supersede(&mut self, window: &BBox, fresh: &[String]) -> Vec<String> {
-        let fresh: Vec<Region> = self
-            .regions
-            .iter()
-            .filter(|r| fresh.contains(&r.id))
-            .cloned()
-            .collect();
+    /// After a zoomed read of `window` that produced `fresh` regions (those from index
+    /// `first_new` on are new; the others were read before and again now), one reading per
+    /// place stands, and what a closer look could not confirm is set aside:
+    /// - where a fresh text region and an older one cover the same place (overlapping by half
+    ///   the smaller box) and read differently, the closer read stands if it is more
+    ///   confident by at least `gain` ("PANDA" 0.73 read small, "SPALDING" 0.93 magnified),
+    ///   else the older one does (a seven-segment "6:23" 0.72 that magnification blurs into
+    ///   "6:28" 0.76) — a closer look is not better by itself, and two readings of one place
+    ///   would both be offered as answers; a fresh reading the window's edge cut ("SAMSU" of
+    ///   "SAMSUNG") never replaces the older, whole one;
+    /// - a new reading of a place nothing was read at before, read with less confidence than
+    ///   `confident`, is unconfirmed: magnified, a photo's textures read as "NOONUN" or "SA";
+    /// - an older reading under `confident` inside the window where the closer look read
+    ///   nothing at all is unconfirmed (a "Wi=e" on a shop sign).
+    ///
+    /// Returns the ids set aside.
+    pub fn settle(
+        &mut self,
+        window: &BBox,
+        fresh: &[String],
+        first_new: usize,
+        gain: f32,
+        confident: f32,
+    ) -> Vec<String> {
         let mut out = Vec::new();
-        for r in self.regions.iter_mut() {
-            if r.kind != FindingKind::Text
-                || r.superseded_by.is_some()
-                || fresh.iter().any(|f| f.id == r.id)
-                || r.bbox.intersection(window) < 0.8 * r.bbox.area()
-            {
+        let mut paired: Vec<String> = Vec::new();
+        for fid in fresh {
+            let Some(f) = self.get(fid).cloned() else {
+                continue;
+            };
+            if f.kind != FindingKind::Text || !f.stands() {
                 continue;
             }
-            let better = fresh.iter().find(|f| {
-                f.kind == FindingKind::Text
-                    && f.score > r.score
-                    && f.bbox.intersection(&r.bbox) >= 0.5 * r.bbox.area()
-            });
-            if let Some(f) = better {
-                r.superseded_by = Some(f.id.clone());
+            let cut = touches_edge(&f.bbox, window);
+            let same_place = |o: &Region| {
+                o.kind == FindingKind::Text
+                    && o.stands()
+                    && !fresh.contains(&o.id)
+                    && (cut || o.bbox.intersection(window) >= 0.8 * o.bbox.area())
+                    && o.bbox.intersection(&f.bbox) >= 0.5 * o.bbox.area().min(f.bbox.area())
+            };
+            let older: Vec<(String, f32)> = self
+                .regions
+                .iter()
+                .filter(|o| same_place(o))
+                .map(|o| (o.id.clone(), o.score))
+                .collect();
+            if !older.is_empty() {
+                paired.push(fid.clone());
+            }
+            for (oid, score) in older {
+                paired.push(oid.clone());
+                let (loser, winner) = if !cut && f.score >= score + gain {
+                    (oid, fid.clone())
+                } else {
+                    (fid.clone(), oid)
+                };
+                if let Some(r) = self.regions.iter_mut().find(|r| r.id == loser) {
+                    if r.superseded_by.is_none() {
+                        r.superseded_by = Some(winner);
+                        out.push(loser);
+                    }
+                }
+            }
+        }
+        for (i, r) in self.regions.iter_mut().enumerate() {
+            let weak = r.kind == FindingKind::Text && r.stands() && r.score < confident;
+            if !weak || paired.contains(&r.id) {
+                continue;
+            }
+            let new = i >= first_new && fresh.contains(&r.id);
+            let missed = !fresh.contains(&r.id) && r.bbox.intersection(window) >= 0.8 * r.bbox.area();
+            if new || missed {
+                r.unconfirmed = true;
                 out.push(r.id.clone());
             }
         }
         out
     }
+
+    /// Marks a region a closer look did not confirm ([`Region::unconfirmed`]).
+    pub fn unconfirm(&mut self, id: &str) {
+        if let Some(r) = self.regions.iter_mut().find(|r| r.id == id) {
+            r.unconfirmed = true;
+        }
+    }
+}
+
+/// Whether `b` reaches (within 2 pixels) a side of `window` inside which it was read: the
+/// window cut what was there.
+fn touches_edge(b: &BBox, window: &BBox) -> bool {
+    const NEAR: f32 = 2.0;
+    b.x1 <= window.x1 + NEAR
+        || b.y1 <= window.y1 + NEAR
+        || b.x2 >= window.x2 - NEAR
+        || b.y2 >= window.y2 - NEAR
 }
 
 /// Phrases that address the assistant rather than describe the image. Text read in an image
@@ -256,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_closer_more_confident_read_supersedes_the_small_one() {
+    fn one_reading_per_place_stands_the_closer_one_only_if_clearly_more_confident() {
         let mut e = Evidence::default();
         let f = |t: &str, b: [f32; 4], score: f32| Finding {
             bbox: BBox::from(b),
@@ -267,17 +345,50 @@ mod tests {
         };
         let small = e.add("ocr", &f("PANDA", [882.0, 381.0, 925.0, 409.0], 0.73));
         let other = e.add("ocr", &f("AntoTrader", [799.0, 378.0, 854.0, 400.0], 0.89));
-        let zoomed = e.add("ocr", &f("SPALDING", [878.0, 383.0, 930.0, 407.0], 0.94));
+        let clock = e.add("ocr", &f("6:23", [731.0, 95.0, 769.0, 119.0], 0.72));
+        let zoomed = e.add("ocr", &f("SPALDING", [878.0, 383.0, 930.0, 407.0], 0.93));
         let window = BBox::new(840.0, 350.0, 960.0, 430.0);
         assert_eq!(
-            e.supersede(&window, std::slice::from_ref(&zoomed)),
+            e.settle(&window, std::slice::from_ref(&zoomed), 3, 0.1, 0.8),
             std::slice::from_ref(&small)
         );
         assert_eq!(
             e.get(&small).unwrap().superseded_by.as_deref(),
             Some(zoomed.as_str())
         );
-        assert!(e.get(&other).unwrap().superseded_by.is_none());
+        assert!(e.get(&other).unwrap().stands());
+        // Magnified, the clock reads "6:28", hardly more confident: the first reading stands.
+        let blurred = e.add("ocr", &f("6:28", [732.0, 96.0, 770.0, 120.0], 0.76));
+        let window = BBox::new(659.0, 23.0, 841.0, 191.0);
+        assert_eq!(
+            e.settle(&window, std::slice::from_ref(&blurred), 4, 0.1, 0.8),
+            std::slice::from_ref(&blurred)
+        );
+        assert!(e.get(&clock).unwrap().stands());
+        assert_eq!(
+            e.get(&blurred).unwrap().superseded_by.as_deref(),
+            Some(clock.as_str())
+        );
+        e.unconfirm(&other);
+        assert!(!e.get(&other).unwrap().stands());
+        // Magnified, a texture reads "NOONUN" (0.55) where nothing was read; and next to
+        // it a weak first reading the closer look did not read again.
+        let shop = e.add("ocr", &f("Wi=e", [1946.0, 1132.0, 2062.0, 1188.0], 0.68));
+        let texture = e.add("ocr", &f("NOONUN", [1700.0, 1300.0, 1760.0, 1320.0], 0.55));
+        let window = BBox::new(1600.0, 1000.0, 2200.0, 1400.0);
+        let mut aside = e.settle(&window, std::slice::from_ref(&texture), 6, 0.1, 0.8);
+        aside.sort();
+        assert_eq!(aside, [shop.clone(), texture.clone()]);
+        assert!(e.get(&shop).unwrap().unconfirmed && e.get(&texture).unwrap().unconfirmed);
+        // A word the window's edge cut, however confident, does not replace the whole one.
+        let whole = e.add("ocr", &f("SAMSUNG", [2088.0, 741.0, 2194.0, 765.0], 0.85));
+        let cut = e.add("ocr", &f("SAMSU", [2088.0, 741.0, 2160.0, 765.0], 0.99));
+        let window = BBox::new(1900.0, 600.0, 2160.0, 900.0);
+        assert_eq!(
+            e.settle(&window, std::slice::from_ref(&cut), 8, 0.1, 0.8),
+            std::slice::from_ref(&cut)
+        );
+        assert!(e.get(&whole).unwrap().stands());
     }
 
     #[test]
@@ -298,6 +409,7 @@ mod tests {
             score: 1.0,
             quad: None,
             superseded_by: None,
+            unconfirmed: false,
         };
         let shown = render(&[&r], 100, 100);
         assert!(

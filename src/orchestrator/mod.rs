@@ -39,7 +39,7 @@ use crate::vision::{BBox, Image};
 pub use crate::answer::grounding::{self, Grounding};
 pub use appearance::asks_about_appearance;
 pub use evidence::{Evidence, Region};
-use zoom::{inside, ZoomSpent};
+use zoom::{inside, Round, ZoomSpent};
 pub use zoom::{ZoomBudget, ZoomRecord};
 
 /// Errors of the loop. Agent failures are not among them: they go back to the controller.
@@ -403,7 +403,7 @@ impl<'o> Session<'o> {
             .regions()
             .iter()
             .zip(self.evidence.row_numbers())
-            .filter(|(r, _)| r.superseded_by.is_none())
+            .filter(|(r, _)| r.stands())
             .filter(|(r, _)| focus.is_none_or(|f| inside(&r.bbox, &f)))
             .map(|(r, row)| RegionText {
                 id: r.id.clone(),
@@ -424,10 +424,23 @@ impl<'o> Session<'o> {
         let max = self.orch.cfg.max_steps;
         let mut repaired = false;
         let mut spent = ZoomSpent::default();
+        let question = self
+            .turns
+            .iter()
+            .rev()
+            .find_map(|t| match t {
+                Turn::Question { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
         if let Some(focus) = opts.region {
             // Referring: a question about a region is answered from what is read inside it,
             // read anew (magnified) when little was read there.
             self.read_region(focus, opts, &mut spent).await;
+        }
+        // A follow-up about a photo: first the places this question points at.
+        if !self.evidence.regions().is_empty() && !self.is_document() {
+            self.zoom_round(0, &question, opts, &mut spent, Round::Pointed).await;
         }
         for step in 1..=max {
             if Self::cancelled(opts) {
@@ -436,7 +449,6 @@ impl<'o> Session<'o> {
             // The last step, or time is up: answer with what there is.
             let last = step == max || started.elapsed() >= self.orch.cfg.answer_by;
             let conv = self.conversation(current, opts.region, last);
-            let question = conv.question().unwrap_or_default().to_string();
             let Some(step_taken) = self
                 .decide(step, &conv, opts, &mut repaired)
                 .await
@@ -467,7 +479,7 @@ impl<'o> Session<'o> {
                     // when there is nowhere left to look or the budget is spent.
                     if !last
                         && self
-                            .zoom_round(step, &question, opts, &mut spent, false)
+                            .zoom_round(step, &question, opts, &mut spent, Round::Again)
                             .await
                     {
                         continue;
@@ -482,10 +494,10 @@ impl<'o> Session<'o> {
                     if Self::cancelled(opts) {
                         return Err((OrchestratorError::Cancelled, step));
                     }
-                    // A photo's places where text was seen but not read are read magnified
-                    // before the controller answers from what the first pass made of it.
+                    // A photo's places where text was seen but not read, or read weakly, are
+                    // read magnified before the controller answers from the first pass.
                     if !self.is_document() && started.elapsed() < self.orch.cfg.answer_by {
-                        self.zoom_round(step, &question, opts, &mut spent, true)
+                        self.zoom_round(step, &question, opts, &mut spent, Round::FirstRead)
                             .await;
                     }
                 }

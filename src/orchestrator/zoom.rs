@@ -43,6 +43,9 @@ pub struct ZoomBudget {
     /// An answer copied from a region read with less confidence than this is read again
     /// magnified before it is given.
     pub verify_below: f32,
+    /// A closer reading of a place replaces the first only when it is this much more
+    /// confident ([`Evidence::settle`]).
+    pub supersede_gain: f32,
 }
 
 impl Default for ZoomBudget {
@@ -53,8 +56,22 @@ impl Default for ZoomBudget {
             max_pixels: 40e6,
             max_seconds: 30.0,
             verify_below: 0.8,
+            supersede_gain: 0.1,
         }
     }
+}
+
+/// Why the loop reads places again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Round {
+    /// Right after a first read of a photo: every place it could not read well, best first,
+    /// within the question's budget — the evidence is completed before anything is answered
+    /// from it.
+    FirstRead,
+    /// Before a follow-up question: the places this question points at.
+    Pointed,
+    /// The evidence did not answer: the best places left, a few at a time.
+    Again,
 }
 
 /// One place to read again.
@@ -127,9 +144,18 @@ fn nearby_text(b: &BBox, regions: &[Region]) -> String {
         .join(" ")
 }
 
+/// How close a word near a place must be to a word of the question for the question to
+/// point there (1 - edit distance / length: "WMT" for "WAIT" is 0.5, "PANEL" for "PANDA"
+/// 0.6).
+const POINTED: f32 = 0.6;
+
 /// What the policy looks at for one question.
 pub struct Scene<'a> {
     pub question: &'a str,
+    /// Only the places the question points at: where text was seen but not read, and weak
+    /// readings near the question's words (before answering); otherwise every lead (when
+    /// the evidence did not answer).
+    pub pointed: bool,
     pub evidence: &'a Evidence,
     pub leads: &'a [Lead],
     /// The region the question is about, if any: only places inside it count.
@@ -151,6 +177,9 @@ pub fn targets(scene: &Scene<'_>) -> Vec<Target> {
         let near = nearby_text(&lead.bbox, regions);
         let own = lead.text.as_deref().unwrap_or("");
         let rel = relevance(&format!("{own} {near}"), &words);
+        if scene.pointed && lead.kind == LeadKind::LowConfidence && rel < POINTED {
+            continue;
+        }
         let (base, what) = match lead.kind {
             LeadKind::UnreadText => (1.0, "text-like pixels no line came out of".to_string()),
             LeadKind::LowConfidence => (
@@ -160,7 +189,7 @@ pub fn targets(scene: &Scene<'_>) -> Vec<Target> {
         };
         // Small text gains most from magnification.
         let small = lead.text_height.is_some_and(|t| t < 24.0) as u8 as f32 * 0.25;
-        let why = if rel >= 0.6 && !near.is_empty() {
+        let why = if rel >= POINTED && !near.is_empty() {
             format!("{what}, near {:?}", clip(&near, 40))
         } else {
             what
@@ -336,16 +365,22 @@ impl Session<'_> {
             );
             self.zoom_into(step, agent.as_ref(), &window, &why, opts, spent)
                 .await;
-            changed |= self
-                .evidence
-                .get(&r.id)
-                .is_some_and(|x| x.superseded_by.is_some());
+            // Read again more confidently (the same text), it stands; replaced, or not read
+            // again at all, the answer must be decided anew.
+            let Some(now) = self.evidence.get(&r.id) else {
+                continue;
+            };
+            if now.superseded_by.is_some() {
+                changed = true;
+            } else if now.score < budget.verify_below {
+                self.evidence.unconfirm(&r.id);
+                changed = true;
+            }
         }
         changed
     }
 
-    /// Reads the best places to look again, magnified, within the budget (with
-    /// `unread_only`, only places where text was seen but nothing read); returns whether
+    /// Reads the best places to look again, magnified, within the budget; returns whether
     /// anything was read (the controller is then asked again).
     pub(super) async fn zoom_round(
         &mut self,
@@ -353,23 +388,23 @@ impl Session<'_> {
         question: &str,
         opts: &AskOptions,
         spent: &mut ZoomSpent,
-        unread_only: bool,
+        round: Round,
     ) -> bool {
+        let pointed = round == Round::Pointed;
+        let per_round = match round {
+            Round::FirstRead => usize::MAX,
+            Round::Pointed | Round::Again => self.orch.cfg.zoom.per_round,
+        };
         let budget = self.orch.cfg.zoom.clone();
         let Some(agent) = self.zoom_agent() else {
             return false;
         };
-        let leads: Vec<Lead> = self
-            .leads
-            .iter()
-            .filter(|l| !unread_only || l.kind == crate::agents::LeadKind::UnreadText)
-            .cloned()
-            .collect();
         let targets = targets(&Scene {
             question,
+            pointed,
             evidence: &self.evidence,
-            leads: &leads,
-            focus: if unread_only { None } else { opts.region },
+            leads: &self.leads,
+            focus: opts.region,
             zoomed: &self.zoomed,
             width: self.facts.width,
             height: self.facts.height,
@@ -377,7 +412,7 @@ impl Session<'_> {
         tracing::debug!(targets = targets.len(), "zoom targets");
         let mut ran = 0;
         for t in targets {
-            if ran >= budget.per_round
+            if ran >= per_round
                 || spent.zooms >= budget.max_zooms
                 || spent.pixels >= budget.max_pixels
                 || spent.seconds >= budget.max_seconds
@@ -422,6 +457,7 @@ impl Session<'_> {
             scale: None,
             why: why.to_string(),
         };
+        let first_new = self.evidence.regions().len();
         let called = self
             .call(step, &name, arguments.clone(), opts, Some(record))
             .instrument(span)
@@ -431,9 +467,15 @@ impl Session<'_> {
         spent.seconds += t0.elapsed().as_secs_f64();
         spent.pixels += window.area() as f64 * scale * scale;
         self.zoomed.push(window);
-        let superseded = self.evidence.supersede(&window, &called.ids);
-        if !superseded.is_empty() {
-            tracing::debug!(?superseded, "read again more confidently");
+        let (gain, confident) = (
+            self.orch.cfg.zoom.supersede_gain,
+            self.orch.cfg.zoom.verify_below,
+        );
+        let set_aside = self
+            .evidence
+            .settle(&window, &called.ids, first_new, gain, confident);
+        if !set_aside.is_empty() {
+            tracing::debug!(?set_aside, "one reading per place");
         }
         self.turns.push(Turn::Call {
             agent: name.clone(),
@@ -456,7 +498,7 @@ impl Session<'_> {
         let focus = focus.clamp(self.facts.width as f32, self.facts.height as f32);
         let thin = !self.evidence.regions().iter().any(|r| {
             r.kind == FindingKind::Text
-                && r.superseded_by.is_none()
+                && r.stands()
                 && r.score >= THIN_CONFIDENCE
                 && inside(&r.bbox, &focus)
         });
@@ -523,6 +565,7 @@ mod tests {
     ) -> Scene<'a> {
         Scene {
             question,
+            pointed: false,
             evidence,
             leads,
             focus: None,

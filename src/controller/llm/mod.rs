@@ -408,6 +408,17 @@ impl Session {
         self.cancel = flag;
     }
 
+    /// The prompt counters (prompt and reused tokens) so far, to put back with
+    /// [`Session::restore_prompt_counts`] after switching prompts only to score something.
+    pub fn stats_snapshot(&self) -> (usize, usize) {
+        (self.stats.prompt_tokens, self.stats.reused_tokens)
+    }
+
+    pub fn restore_prompt_counts(&mut self, (prompt, reused): (usize, usize)) {
+        self.stats.prompt_tokens = prompt;
+        self.stats.reused_tokens = reused;
+    }
+
     pub fn take_stats(&mut self) -> StepStats {
         std::mem::take(&mut self.stats)
     }
