@@ -168,7 +168,8 @@ impl Evidence {
                 continue;
             }
             let new = i >= first_new && fresh.contains(&r.id);
-            let missed = !fresh.contains(&r.id) && r.bbox.intersection(window) >= 0.8 * r.bbox.area();
+            let missed =
+                !fresh.contains(&r.id) && r.bbox.intersection(window) >= 0.8 * r.bbox.area();
             if new || missed {
                 r.unconfirmed = true;
                 out.push(r.id.clone());

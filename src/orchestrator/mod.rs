@@ -440,7 +440,8 @@ impl<'o> Session<'o> {
         }
         // A follow-up about a photo: first the places this question points at.
         if !self.evidence.regions().is_empty() && !self.is_document() {
-            self.zoom_round(0, &question, opts, &mut spent, Round::Pointed).await;
+            self.zoom_round(0, &question, opts, &mut spent, Round::Pointed)
+                .await;
         }
         for step in 1..=max {
             if Self::cancelled(opts) {
