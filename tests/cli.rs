@@ -302,6 +302,58 @@ fn eval_scores_the_asked_fields_and_prints_the_documented_summary() {
     assert!(err.contains("not an SROIE-layout folder"), "{err}");
 }
 
+/// `p2g eval qa` on a two-question file about the receipt fixture: one line per question with
+/// the documented keys, then the summary by kind of question.
+#[test]
+fn eval_qa_scores_open_questions_and_prints_the_documented_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::fixture("receipt.jpg"), dir.path().join("r.jpg")).unwrap();
+    let q = dir.path().join("q.jsonl");
+    std::fs::write(
+        &q,
+        concat!(
+            r#"{"image": "r.jpg", "question": "What is the total amount?", "answers": ["9.00"], "needs": "text"}"#,
+            "\n",
+            r#"{"image": "r.jpg", "question": "What colour is the paper?", "answers": ["white"], "needs": "vision"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = p2g()
+        .args(["eval", "qa", "--json"])
+        .arg(&q)
+        .output()
+        .unwrap();
+    let (stdout, lines) = json_lines(out);
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for l in &lines[..2] {
+        assert_eq!(
+            sorted_keys(l),
+            ["answer", "image", "question", "right", "seconds", "steps"],
+            "{stdout}"
+        );
+    }
+    assert_eq!(lines[0]["answer"], "9.00", "{stdout}");
+    assert_eq!(lines[0]["right"], true);
+    assert_eq!(lines[1]["right"], false);
+    let summary = &lines[2];
+    assert_eq!(
+        sorted_keys(summary),
+        ["accuracy", "median_s", "n", "of", "right"]
+    );
+    assert_eq!(summary["n"], 2);
+    assert_eq!(summary["right"]["text"], 1);
+    assert_eq!(summary["of"]["vision"], 1);
+    assert_eq!(summary["of"]["objects+text"], 0);
+    assert_eq!(summary["accuracy"], 0.5);
+
+    std::fs::write(&q, "{\"image\": \"r.jpg\"}\n").unwrap();
+    let out = p2g().args(["eval", "qa"]).arg(&q).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.lines().count() == 1, "{err}");
+}
+
 #[test]
 fn the_repl_answers_piped_questions_and_commands() {
     use std::io::Write;
