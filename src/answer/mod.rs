@@ -142,7 +142,7 @@ impl Settings {
         if s.max_words == 0 || s.max_regions == 0 || s.max_passes == 0 || s.recheck == 0 {
             return Err("max_words, max_regions, max_passes and recheck must be at least 1".into());
         }
-        if !(s.window > 0.0) {
+        if !s.window.is_finite() || s.window <= 0.0 {
             return Err("window must be a positive number of nats".into());
         }
         if !s.margin.is_finite() || !(0.0..=1.0).contains(&s.document_min_coverage) {

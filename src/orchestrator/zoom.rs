@@ -1,12 +1,10 @@
-//! The zoom policy: where to look again when the evidence does not answer.
+//! The zoom policy: where and when to look again.
 //!
 //! P²G's point is that a system goes back to the image for the detail a question needs. A
-//! 0.5B controller rarely asks for a zoom itself, so the loop decides: when the controller
-//! finds no answer in the evidence ([`crate::controller::Decision::NotFound`]), the places
-//! worth a closer look are ranked and the best few are read again magnified, within a budget
-//! ([`ZoomBudget`]); their readings become new regions, and the controller is asked again.
+//! 0.5B controller rarely asks for a zoom itself, so the loop decides, within a budget per
+//! question ([`ZoomBudget`]), and each zoomed read becomes new regions the controller is shown.
 //!
-//! The places, best first:
+//! The places ([`targets`]), best first:
 //! - the region a question is about (`--region`, `:region`), read anew when little was read
 //!   there;
 //! - objects a detection agent found whose name the question uses ("that black mug");
@@ -14,7 +12,13 @@
 //!   and lines read with low confidence — those near words of the question first (`WMT DE`
 //!   next to `ENTRANCE` when asked how long the wait is).
 //!
-//! A place already zoomed into is not read again.
+//! When ([`Round`]): right after the first read of a photo (every lead, best first: the
+//! evidence is completed before anything is answered from it); before a follow-up question
+//! (the places it points at); when the controller finds no answer (the best places left); and
+//! before an answer is copied from a weak reading (that reading, [`Session::verify`]).
+//!
+//! A place already zoomed into is not read again, and one reading per place stands
+//! ([`Evidence::settle`]): a closer look is not better by itself.
 
 use std::sync::Arc;
 use std::time::Instant;
