@@ -587,7 +587,18 @@ fn copied(
         list.join(", ")
     );
     let text: String = serde_json::from_str(&format!("\"{body}\"")).unwrap_or(body);
-    Ok(Decided {
+    Ok(answered(&text, cited, raw, how, source))
+}
+
+/// An answer decision citing `cited`.
+fn answered(
+    text: &str,
+    cited: Vec<String>,
+    raw: String,
+    how: String,
+    source: AnswerSource,
+) -> Decided {
+    Decided {
         decision: Decision::Answer {
             text: text.trim().to_string(),
             grounding: cited
@@ -601,7 +612,7 @@ fn copied(
         raw,
         how: Some(how),
         source,
-    })
+    }
 }
 
 /// The model writes the answer's text, then picks the regions it relies on among those that
@@ -668,21 +679,8 @@ fn written(
             value.trim()
         )));
     }
-    Ok(Decided {
-        decision: Decision::Answer {
-            text: value.trim().to_string(),
-            grounding: cited
-                .into_iter()
-                .map(|region| Citation {
-                    region,
-                    phrase: None,
-                })
-                .collect(),
-        },
-        raw,
-        how: Some("written by the model, not copied".into()),
-        source: AnswerSource::Model,
-    })
+    let how = "written by the model, not copied".to_string();
+    Ok(answered(&value, cited, raw, how, AnswerSource::Model))
 }
 
 /// Where the braces opened (`open` already before `text`) are all closed, outside strings.

@@ -218,7 +218,7 @@ pub fn targets(scene: &Scene<'_>) -> Vec<Target> {
         let f = f.clamp(w, h);
         out.retain(|t| t.window.intersection(&f) >= 0.5 * t.window.area());
         for t in &mut out {
-            t.window = intersect(&t.window, &f);
+            t.window = t.window.overlap(&f);
         }
         out.push(Target {
             window: f,
@@ -232,15 +232,6 @@ pub fn targets(scene: &Scene<'_>) -> Vec<Target> {
     merge(out)
 }
 
-fn intersect(a: &BBox, b: &BBox) -> BBox {
-    BBox::new(
-        a.x1.max(b.x1),
-        a.y1.max(b.y1),
-        a.x2.min(b.x2),
-        a.y2.min(b.y2),
-    )
-}
-
 /// Whether most of `a` was already read inside `z`.
 fn covered(a: &BBox, z: &BBox) -> bool {
     a.area() > 0.0 && a.intersection(z) >= 0.7 * a.area()
@@ -252,25 +243,16 @@ fn merge(sorted: Vec<Target>) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::new();
     for t in sorted {
         let joined = out.iter_mut().find(|o| {
-            let u = union(&o.window, &t.window);
+            let u = o.window.union(&t.window);
             o.window.intersection(&t.window) > 0.0
                 && u.area() <= 1.5 * (o.window.area() + t.window.area())
         });
         match joined {
-            Some(o) => o.window = union(&o.window, &t.window),
+            Some(o) => o.window = o.window.union(&t.window),
             None => out.push(t),
         }
     }
     out
-}
-
-fn union(a: &BBox, b: &BBox) -> BBox {
-    BBox::new(
-        a.x1.min(b.x1),
-        a.y1.min(b.y1),
-        a.x2.max(b.x2),
-        a.y2.max(b.y2),
-    )
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -425,11 +407,7 @@ impl Session<'_> {
                 break;
             }
             // An earlier zoom of this round may have covered this window already.
-            if self
-                .zoomed
-                .iter()
-                .any(|z| t.window.intersection(z) >= 0.7 * t.window.area())
-            {
+            if self.zoomed.iter().any(|z| covered(&t.window, z)) {
                 continue;
             }
             self.zoom_into(step, agent.as_ref(), &t.window, &t.why, opts, spent)

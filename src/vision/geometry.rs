@@ -74,6 +74,26 @@ impl BBox {
         w * h
     }
 
+    /// The box both boxes cover (empty, with x2 < x1 or y2 < y1, when they do not meet).
+    pub fn overlap(&self, o: &BBox) -> BBox {
+        BBox::new(
+            self.x1.max(o.x1),
+            self.y1.max(o.y1),
+            self.x2.min(o.x2),
+            self.y2.min(o.y2),
+        )
+    }
+
+    /// The smallest box around both.
+    pub fn union(&self, o: &BBox) -> BBox {
+        BBox::new(
+            self.x1.min(o.x1),
+            self.y1.min(o.y1),
+            self.x2.max(o.x2),
+            self.y2.max(o.y2),
+        )
+    }
+
     pub fn iou(&self, o: &BBox) -> f32 {
         let inter = self.intersection(o);
         let union = self.area() + o.area() - inter;

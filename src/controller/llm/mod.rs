@@ -510,24 +510,7 @@ impl Session {
     /// The log-probability of `ids` as the continuation (one forward pass, all of them run):
     /// scoring a few known candidates this way is exact where a greedy search is not.
     pub fn score(&mut self, ids: &[u32]) -> Result<f64, LlmError> {
-        let Some((&first, rest)) = ids.split_first() else {
-            return Ok(0.0);
-        };
-        self.check_cancel()?;
-        let mut total = self.next_logprobs(&[first])?[0];
-        let vocab = self.logits()?.len();
-        let started = Instant::now();
-        let (model, cache) = (&self.lm.model, &mut self.cache);
-        let mut rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
-        self.fed.extend_from_slice(ids);
-        self.stats.prefill_ms += started.elapsed().as_secs_f64() * 1e3;
-        self.stats.prefill_tokens += ids.len();
-        for (row, &next) in rows.chunks(vocab).zip(rest) {
-            total += row[next as usize] as f64 - log_norm(row);
-        }
-        // The last row is the logits after the whole continuation.
-        self.logits = Some(rows.split_off(rows.len().saturating_sub(vocab)));
-        Ok(total)
+        Ok(self.score_prefixes(ids, &[])?.last().map_or(0.0, |r| r.0))
     }
 
     /// Runs `ids` as the continuation (one forward pass) and returns, after each of its
