@@ -459,13 +459,30 @@ impl Session<'_> {
         if !set_aside.is_empty() {
             tracing::debug!(?set_aside, "one reading per place");
         }
+        // The controller is shown what the closer look added that stands: a reading it set
+        // aside would be one more line to pick an answer from.
+        let content = if called.ids.is_empty() {
+            called.content
+        } else {
+            let standing: Vec<&super::Region> = called
+                .ids
+                .iter()
+                .filter_map(|id| self.evidence.get(id))
+                .filter(|r| r.stands())
+                .collect();
+            if standing.is_empty() {
+                format!("{name} read nothing more there.")
+            } else {
+                super::evidence::render(&standing, self.facts.width, self.facts.height)
+            }
+        };
         self.turns.push(Turn::Call {
             agent: name.clone(),
             arguments,
         });
         self.turns.push(Turn::Observation {
             agent: name,
-            content: called.content,
+            content,
         });
     }
 
