@@ -19,8 +19,12 @@ fn store() -> Store {
     Store::open_default().unwrap()
 }
 
+/// The embedded controller, with the answer-by time lifted: these tests are about what the
+/// loop reads and answers, not how fast an unoptimised build on a busy machine is.
 fn with_controller() -> OrchestratorBuilder {
-    Orchestrator::builder().controller(EmbeddedController::default_model(&store()).unwrap())
+    Orchestrator::builder()
+        .controller(EmbeddedController::default_model(&store()).unwrap())
+        .answer_by(std::time::Duration::from_secs(600))
 }
 
 fn ocr() -> OcrAgent {
@@ -132,10 +136,15 @@ fn zooms(events: &[TraceEvent]) -> Vec<p2g::orchestrator::ZoomRecord> {
 
 /// The vertical "WARRIORS" on the flag of flag.JPG (4140x2700) is not read by the whole-image
 /// pass at all; the loop reads the place where the detector saw text, magnified, and answers
-/// from that reading — within its zoom budget.
+/// from that reading — within its zoom budget. (The time limits are lifted: under a loaded CI
+/// machine's unoptimised build the question took over the default 40 s answer-by, and the
+/// test is about where the loop looks, not how fast.)
 #[test]
 fn zoom_finds_the_text_the_whole_image_pass_missed() {
-    let budget = ZoomBudget::default();
+    let budget = ZoomBudget {
+        max_seconds: 600.0,
+        ..ZoomBudget::default()
+    };
     let o = with_controller()
         .agent(ocr())
         .zoom_budget(budget.clone())

@@ -90,7 +90,8 @@ pub struct LoopConfig {
     /// before answering).
     pub document: crate::answer::DocumentTest,
     /// After this long on one question, the controller's next decision must answer: no more
-    /// calls or zooms (a question takes this plus one decision at most).
+    /// calls or zooms (its first decision may still call an agent: before that there is
+    /// nothing to answer from).
     pub answer_by: Duration,
 }
 
@@ -447,8 +448,9 @@ impl<'o> Session<'o> {
             if Self::cancelled(opts) {
                 return Err((OrchestratorError::Cancelled, step - 1));
             }
-            // The last step, or time is up: answer with what there is.
-            let last = step == max || started.elapsed() >= self.orch.cfg.answer_by;
+            // The last step, or time is up: answer with what there is (but a first step may
+            // still look: a text controller has nothing to answer from before it has).
+            let last = step == max || (step > 1 && started.elapsed() >= self.orch.cfg.answer_by);
             let conv = self.conversation(current, opts.region, last);
             let Some(step_taken) = self
                 .decide(step, &conv, opts, &mut repaired)
