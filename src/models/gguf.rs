@@ -17,13 +17,60 @@ use serde::Deserialize;
 
 use super::ModelError;
 
-/// How a derived file is made from another file of its bundle.
+/// How a derived file is made from another file of its bundle: exactly one of the rules.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Derive {
     /// The source file (same bundle).
     pub from: String,
     /// Re-encode every tensor stored as `requantize.from` as `requantize.to`.
-    pub requantize: Requantize,
+    #[serde(default)]
+    pub requantize: Option<Requantize>,
+    /// Convert the file to another format.
+    #[serde(default)]
+    pub convert: Option<Conversion>,
+}
+
+/// A format conversion done at fetch time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conversion {
+    /// A TensorFlow.js graph model (`from` is its `model.json`; its weight files must be files
+    /// of the same bundle) to an ONNX model ([`crate::models::tfjs`]).
+    TfjsToOnnx,
+}
+
+impl Derive {
+    /// Whether exactly one rule is given.
+    pub fn is_valid(&self) -> bool {
+        self.requantize.is_some() != self.convert.is_some()
+    }
+
+    /// What the rule does, for the fetch log.
+    pub fn describe(&self) -> String {
+        match (&self.requantize, self.convert) {
+            (Some(r), _) => format!("{} tensors re-encoded as {}", r.from, r.to),
+            (None, Some(Conversion::TfjsToOnnx)) => "TensorFlow.js graph converted to ONNX".into(),
+            (None, None) => "no rule".into(),
+        }
+    }
+
+    /// Makes `dst` from `src` by this rule.
+    pub fn apply(&self, src: &Path, dst: &Path) -> Result<(), ModelError> {
+        match (&self.requantize, self.convert) {
+            (Some(r), None) => requantize(src, dst, r),
+            (None, Some(Conversion::TfjsToOnnx)) => crate::models::tfjs::convert_file(src, dst)
+                .map_err(|e| ModelError::BadFormat {
+                    path: src.to_path_buf(),
+                    kind: "TensorFlow.js graph model".into(),
+                    reason: e.to_string(),
+                }),
+            _ => Err(ModelError::Manifest(format!(
+                "deriving from {}: give exactly one of `requantize` and `convert`",
+                self.from
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

