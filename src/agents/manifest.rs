@@ -14,6 +14,8 @@ use super::{AgentError, ToolDefinition};
 const EMBEDDED: &[(&str, &str)] = &[
     ("ocr", include_str!("../../agents/ocr.toml")),
     ("detect", include_str!("../../agents/detect.toml")),
+    ("detect-coco", include_str!("../../agents/detect_coco.toml")),
+    ("layout", include_str!("../../agents/layout.toml")),
 ];
 
 /// An agent's manifest.
@@ -28,6 +30,9 @@ pub struct AgentManifest {
     /// Pipeline defaults, deserialised by the agent into its own options type.
     #[serde(default)]
     pub options: toml::Table,
+    /// The words a closed-vocabulary agent knows (its classes and their synonyms).
+    #[serde(default)]
+    pub vocabulary: toml::Table,
 }
 
 impl AgentManifest {

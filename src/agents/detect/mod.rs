@@ -13,9 +13,12 @@
 //! 4000x3000 photo are seen at the size the model was trained on → [`post`] (thresholds,
 //! phrase assignment, per-phrase NMS over all passes).
 
+pub mod coco;
 pub mod model;
+pub mod nanodet;
 pub mod post;
 pub mod text;
+pub mod vocab;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -129,6 +132,12 @@ pub struct DetectOutput {
     pub elapsed_ms: u64,
     /// Best first.
     pub detections: Vec<Detection>,
+    /// For a closed-vocabulary detector: the classes each phrase reached (none: unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabulary: Option<Vec<vocab::PhraseMatch>>,
+    /// What the caller should know about these results (e.g. a phrase no class matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How to load the detection agent.
@@ -318,6 +327,8 @@ impl Inner {
             height: image.height(),
             elapsed_ms: started.elapsed().as_millis() as u64,
             detections,
+            vocabulary: None,
+            note: None,
         })
     }
 
@@ -378,7 +389,7 @@ impl Inner {
 
 /// Overlapping tiles of `tile` pixels covering `w x h`; when more than `max_tiles` would be
 /// needed, tiles grow (each is then resized down like the global pass, less so).
-fn tile_layout(w: u32, h: u32, tile: u32, overlap: u32, max_tiles: usize) -> Vec<Rect> {
+pub fn tile_layout(w: u32, h: u32, tile: u32, overlap: u32, max_tiles: usize) -> Vec<Rect> {
     let (mut tile, mut overlap) = (tile.max(64), overlap);
     loop {
         let layout = tiling::tiles(w, h, tile, overlap.min(tile / 2));
