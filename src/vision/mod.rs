@@ -5,6 +5,7 @@
 //! original-image pixels ([`BBox`], [`Quad`]), rotated crops and tensor packing ([`crop`]),
 //! overlapping tiles for high-resolution inputs ([`tiling`]) and drawing results ([`draw`]).
 
+pub mod colour;
 pub mod crop;
 pub mod draw;
 pub mod geometry;
