@@ -46,6 +46,46 @@ fn answerable(text: &str) -> bool {
     (letters >= 2 || text.chars().any(|c| c.is_numeric())) && !super::looks_like_box_or_id(text)
 }
 
+/// What a question asks for, as far as the form of the answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// "What word / name / brand / company / team…": an answer has letters.
+    Words,
+    /// "What number / how many / how much / what time…": an answer has digits.
+    Number,
+    Anything,
+}
+
+impl Asked {
+    /// Read from the question's own words (English).
+    pub fn of(question: &str) -> Self {
+        let q = question.to_lowercase();
+        let words: Vec<&str> = q.split(|c: char| !c.is_alphanumeric()).collect();
+        let has = |w: &[&str]| words.iter().any(|x| w.contains(x));
+        if has(&[
+            "number", "numbers", "many", "much", "time", "price", "cost", "year", "date",
+        ]) {
+            Asked::Number
+        } else if has(&[
+            "word", "words", "name", "names", "brand", "company", "team", "game", "title",
+            "called", "spell", "spelled", "letters",
+        ]) {
+            Asked::Words
+        } else {
+            Asked::Anything
+        }
+    }
+
+    /// Whether a span has the form asked for.
+    pub fn fits(&self, text: &str) -> bool {
+        match self {
+            Asked::Words => text.chars().filter(|c| c.is_alphabetic()).count() >= 2,
+            Asked::Number => text.chars().any(|c| c.is_numeric()),
+            Asked::Anything => true,
+        }
+    }
+}
+
 /// The candidates of `regions` (in reading order, as the evidence holds them), each text
 /// once, in reading order of its first occurrence; only [`answerable`] ones.
 pub fn candidates(regions: &[RegionText], limits: &Limits) -> Vec<Candidate> {
@@ -230,6 +270,26 @@ mod tests {
         assert_eq!(office.regions, ["r1", "r2"]);
         // Not stacked: a line far below, or of another size.
         assert!(!t.contains(&"391-9081 SAM"), "{t:?}");
+    }
+
+    #[test]
+    fn a_question_asking_for_a_word_wants_letters() {
+        assert_eq!(
+            Asked::of("What word is printed on the clock?"),
+            Asked::Words
+        );
+        assert_eq!(
+            Asked::of("Which game is shown on the left monitor?"),
+            Asked::Words
+        );
+        assert_eq!(
+            Asked::of("Tell me the number of that player."),
+            Asked::Number
+        );
+        assert_eq!(Asked::of("How much time is left?"), Asked::Number);
+        assert_eq!(Asked::of("What does the sign offer?"), Asked::Anything);
+        assert!(!Asked::Words.fits("9") && Asked::Words.fits("ALTITUDE"));
+        assert!(Asked::Number.fits("6:23") && !Asked::Number.fits("STAY"));
     }
 
     #[test]

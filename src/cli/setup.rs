@@ -48,6 +48,11 @@ pub struct LoopArgs {
     #[arg(long)]
     pub no_agents: bool,
 
+    /// Also offer the detector to the controller as a tool. By default the loop runs it on
+    /// its own for the objects a question names (a small controller misuses it).
+    #[arg(long)]
+    pub offer_detect: bool,
+
     /// Controller decisions per question; the last may only answer.
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub max_steps: usize,
@@ -140,7 +145,15 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         for agent in load_available(&source, &store, args.models.session())
             .context("cannot load the agents")?
         {
-            b = b.agent_arc(agent);
+            // The detector runs on the loop's own policy (the objects a question names);
+            // the embedded controller, offered it, calls it with made-up arguments where it
+            // should read (`--offer-detect` offers it anyway).
+            let loop_only = agent.name() == "detect" && !args.offer_detect;
+            b = if loop_only {
+                b.loop_agent_arc(agent)
+            } else {
+                b.agent_arc(agent)
+            };
         }
     }
     Ok(b.build()?)

@@ -27,6 +27,7 @@ use super::{
     StepContext,
 };
 use crate::agents::BoxFuture;
+use crate::answer::candidates::Asked;
 use crate::answer::copy::{json_escaped, ShapedSpans};
 use crate::answer::rank::{
     choose, copy_search, write_answer, Calibration, ChooseLimits, SearchLimits,
@@ -482,7 +483,13 @@ fn extract(
 ) -> Result<Decided, StepFailure> {
     let regions = input.regions;
     let settings = &cfg.prompts.answers;
-    let found = candidates(regions, &settings.limits());
+    let mut found = candidates(regions, &settings.limits());
+    // "What word…" is not answered with a number, "what number…" not with a word (when
+    // spans of the asked form exist).
+    let asked = Asked::of(input.question.unwrap_or(""));
+    if found.iter().any(|c| asked.fits(&c.text)) {
+        found.retain(|c| asked.fits(&c.text));
+    }
     if found.is_empty() {
         return Ok(not_found(format!(
             "none of the {} regions read holds a word that could answer",

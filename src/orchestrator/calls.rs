@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::evidence::{self, Region};
 use super::zoom::ZoomRecord;
 use super::{AskOptions, Session};
-use crate::agents::AgentError;
+use crate::agents::{AgentError, DynAgent};
 use crate::trace::TraceEvent;
 use crate::vision::BBox;
 
@@ -45,6 +45,7 @@ impl Session<'_> {
         arguments: serde_json::Value,
         opts: &AskOptions,
         zoom: Option<ZoomRecord>,
+        caller: Caller,
     ) -> Called {
         let key = format!("{agent} {arguments}");
         let t0 = Instant::now();
@@ -69,8 +70,18 @@ impl Session<'_> {
             ids: Vec::new(),
             scale: None,
         };
-        let Some(a) = self.orch.agents.iter().find(|a| a.name() == agent).cloned() else {
-            let names: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
+        let offered = |a: &&Arc<dyn DynAgent>| {
+            caller == Caller::Loop || !self.orch.unoffered.contains(a.name())
+        };
+        let found = self
+            .orch
+            .agents
+            .iter()
+            .filter(offered)
+            .find(|a| a.name() == agent)
+            .cloned();
+        let Some(a) = found else {
+            let names: Vec<&str> = self.orch.offered().map(|a| a.name()).collect();
             let msg = format!(
                 "There is no tool named {agent:?}. Available: {}.",
                 names.join(", ")
@@ -163,6 +174,13 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// Who asked for a call: the controller may call only the tools it is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Caller {
+    Controller,
+    Loop,
 }
 
 /// `r1–r40` for a contiguous run of ids, else a list.

@@ -17,6 +17,7 @@
 mod appearance;
 mod calls;
 pub mod evidence;
+mod objects;
 pub mod zoom;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,7 @@ use crate::vision::{BBox, Image};
 
 pub use crate::answer::grounding::{self, Grounding};
 pub use appearance::asks_about_appearance;
+use calls::Caller;
 pub use evidence::{Evidence, Region};
 use zoom::{inside, Round, ZoomSpent};
 pub use zoom::{ZoomBudget, ZoomRecord};
@@ -112,6 +114,8 @@ impl Default for LoopConfig {
 pub struct Orchestrator {
     controller: Arc<dyn Controller>,
     agents: Vec<Arc<dyn DynAgent>>,
+    /// Agents the loop runs on its own but does not offer the controller as tools.
+    unoffered: HashSet<String>,
     cfg: LoopConfig,
 }
 
@@ -120,6 +124,7 @@ pub struct Orchestrator {
 pub struct OrchestratorBuilder {
     controller: Option<Arc<dyn Controller>>,
     agents: Vec<Arc<dyn DynAgent>>,
+    unoffered: HashSet<String>,
     cfg: LoopConfig,
 }
 
@@ -141,6 +146,15 @@ impl OrchestratorBuilder {
     }
 
     pub fn agent_arc(mut self, a: Arc<dyn DynAgent>) -> Self {
+        self.agents.push(a);
+        self
+    }
+
+    /// Gives the loop an agent it runs on its own policies (e.g. finding the objects a
+    /// question names) without offering it to the controller as a tool: a small controller
+    /// offered a detector calls it with made-up arguments where it should read.
+    pub fn loop_agent_arc(mut self, a: Arc<dyn DynAgent>) -> Self {
+        self.unoffered.insert(a.name().to_string());
         self.agents.push(a);
         self
     }
@@ -184,6 +198,7 @@ impl OrchestratorBuilder {
         Ok(Orchestrator {
             controller,
             agents: self.agents,
+            unoffered: self.unoffered,
             cfg: self.cfg,
         })
     }
@@ -200,6 +215,14 @@ impl Orchestrator {
 
     pub fn agents(&self) -> impl Iterator<Item = &dyn DynAgent> {
         self.agents.iter().map(|a| a.as_ref())
+    }
+
+    /// The agents the controller is offered as tools.
+    pub fn offered(&self) -> impl Iterator<Item = &dyn DynAgent> {
+        self.agents
+            .iter()
+            .filter(|a| !self.unoffered.contains(a.name()))
+            .map(|a| a.as_ref())
     }
 
     /// Starts a conversation about one image. `path` names it in traces.
@@ -249,6 +272,9 @@ pub struct Session<'o> {
     leads: Vec<Lead>,
     /// Windows read magnified so far.
     zoomed: Vec<BBox>,
+    /// The objects the current question names, where found: answers come from the text
+    /// inside them when there is any.
+    object_focus: Vec<BBox>,
     trace: TraceSink,
 }
 
@@ -275,6 +301,7 @@ impl<'o> Session<'o> {
             turns: Vec::new(),
             evidence: Evidence::default(),
             call_regions: HashMap::new(),
+            object_focus: Vec::new(),
             leads: Vec::new(),
             zoomed: Vec::new(),
             trace: TraceSink::default(),
@@ -335,12 +362,7 @@ impl<'o> Session<'o> {
             width: self.facts.width,
             height: self.facts.height,
             controller: self.orch.controller.name().to_string(),
-            tools: self
-                .orch
-                .agents
-                .iter()
-                .map(|a| a.name().to_string())
-                .collect(),
+            tools: self.orch.offered().map(|a| a.name().to_string()).collect(),
         });
         if let Some(a) = self.unanswerable(question, started) {
             return Ok(a);
@@ -400,12 +422,22 @@ impl<'o> Session<'o> {
     /// The regions the controller may answer from: not superseded by a closer read and,
     /// for a question about a region, inside it.
     fn answerable_regions(&self, focus: Option<BBox>) -> Vec<RegionText> {
+        // The objects a question names narrow the answer to the text on them, when some was
+        // read there ("the word on the wall clock", "the game on the left monitor").
+        let on_object = |b: &BBox| self.object_focus.iter().any(|o| inside(b, o));
+        let narrow = focus.is_none()
+            && self
+                .evidence
+                .regions()
+                .iter()
+                .any(|r| r.kind == FindingKind::Text && r.stands() && on_object(&r.bbox));
         self.evidence
             .regions()
             .iter()
             .zip(self.evidence.row_numbers())
             .filter(|(r, _)| r.stands())
             .filter(|(r, _)| focus.is_none_or(|f| inside(&r.bbox, &f)))
+            .filter(|(r, _)| !narrow || (r.kind == FindingKind::Text && on_object(&r.bbox)))
             .map(|(r, row)| RegionText {
                 id: r.id.clone(),
                 text: r.text.clone(),
@@ -434,13 +466,20 @@ impl<'o> Session<'o> {
                 _ => None,
             })
             .unwrap_or_default();
+        self.object_focus.clear();
+        let mut objects_looked = false;
         if let Some(focus) = opts.region {
             // Referring: a question about a region is answered from what is read inside it,
             // read anew (magnified) when little was read there.
             self.read_region(focus, opts, &mut spent).await;
         }
-        // A follow-up about a photo: first the places this question points at.
+        // A follow-up about a photo: first the objects it names and the places it points at.
         if !self.evidence.regions().is_empty() && !self.is_document() {
+            if opts.region.is_none() {
+                self.find_named_objects(0, &question, opts, &mut spent)
+                    .await;
+                objects_looked = true;
+            }
             self.zoom_round(0, &question, opts, &mut spent, Round::Pointed)
                 .await;
         }
@@ -500,6 +539,11 @@ impl<'o> Session<'o> {
                     // A photo's places where text was seen but not read, or read weakly, are
                     // read magnified before the controller answers from the first pass.
                     if !self.is_document() && started.elapsed() < self.orch.cfg.answer_by {
+                        if !objects_looked && opts.region.is_none() {
+                            self.find_named_objects(step, &question, opts, &mut spent)
+                                .await;
+                            objects_looked = true;
+                        }
                         self.zoom_round(step, &question, opts, &mut spent, Round::FirstRead)
                             .await;
                     }
@@ -520,7 +564,7 @@ impl<'o> Session<'o> {
         Conversation {
             image: self.facts.clone(),
             turns: self.visible_turns(current),
-            tools: self.orch.agents.iter().map(|a| a.definition()).collect(),
+            tools: self.orch.offered().map(|a| a.definition()).collect(),
             regions: self.answerable_regions(focus),
             visual: Vec::new(),
             // The last step may only answer.
@@ -593,7 +637,14 @@ impl<'o> Session<'o> {
         let arguments = self.resolve_region_argument(arguments, opts.region);
         let span = tracing::info_span!("agent", step, agent = %agent, arguments = %arguments);
         let called = self
-            .call(step, &agent, arguments.clone(), opts, None)
+            .call(
+                step,
+                &agent,
+                arguments.clone(),
+                opts,
+                None,
+                Caller::Controller,
+            )
             .instrument(span)
             .await;
         self.turns.push(Turn::Call {

@@ -26,6 +26,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::calls::Caller;
 use super::evidence::{Evidence, Region};
 use super::{AskOptions, Session};
 use crate::agents::{DynAgent, FindingKind, Lead, LeadKind};
@@ -203,16 +204,6 @@ pub fn targets(scene: &Scene<'_>) -> Vec<Target> {
             why,
             priority: base + small + 2.0 * rel.max(0.0),
         });
-    }
-    for r in regions.iter().filter(|r| r.kind == FindingKind::Object) {
-        let rel = relevance(&r.text, &words);
-        if rel >= 0.8 {
-            out.push(Target {
-                window: window(&r.bbox, None, w, h),
-                why: format!("the {:?} the question is about", r.text),
-                priority: 3.0 + rel,
-            });
-        }
     }
     if let Some(f) = scene.focus {
         let f = f.clamp(w, h);
@@ -441,7 +432,14 @@ impl Session<'_> {
         };
         let first_new = self.evidence.regions().len();
         let called = self
-            .call(step, &name, arguments.clone(), opts, Some(record))
+            .call(
+                step,
+                &name,
+                arguments.clone(),
+                opts,
+                Some(record),
+                Caller::Loop,
+            )
             .instrument(span)
             .await;
         let scale = called.scale.unwrap_or(1.0) as f64;

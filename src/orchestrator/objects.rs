@@ -1,0 +1,240 @@
+//! The objects a question names: found with the detector, read inside, answered from.
+//!
+//! "What word is printed on the face of the wall clock?", "Which game is shown on the left
+//! monitor?": the answer is text *on* an object, and a photo holds text everywhere. A list of
+//! lines does not say which is on the clock, and a small text controller cannot tell. So the
+//! loop finds the objects the question names (the words the detector knows; a word asked
+//! *for* — "which game", "what kind of drink" — is not where to look), picks the one a
+//! position word points at ("left", "top"…), reads inside it magnified, and narrows the
+//! answer to the text on it when some was read there. An object the question names that is
+//! not found, or found too many times to tell which, changes nothing.
+
+use serde_json::json;
+use tracing::Instrument;
+
+use super::calls::Caller;
+use super::zoom::ZoomSpent;
+use super::{AskOptions, Session, Turn};
+use crate::agents::{Capability, FindingKind};
+use crate::vision::BBox;
+
+/// More objects of the named kind than this, with no position word to choose, and the
+/// question does not say which one: nothing is narrowed.
+const MAX_NAMED: usize = 3;
+
+/// How far around a detected object its text is looked for, as a share of its longer side.
+const OBJECT_PAD: f32 = 0.08;
+
+/// Position words and the coordinate they choose an object by (lower is chosen).
+fn position_key(word: &str) -> Option<fn(&BBox) -> f32> {
+    Some(match word {
+        "left" | "leftmost" => |b: &BBox| b.x1 + b.x2,
+        "right" | "rightmost" => |b: &BBox| -(b.x1 + b.x2),
+        "top" | "upper" | "above" | "highest" => |b: &BBox| b.y1 + b.y2,
+        "bottom" | "lower" | "below" | "lowest" => |b: &BBox| -(b.y1 + b.y2),
+        "biggest" | "largest" | "big" | "large" => |b: &BBox| -b.area(),
+        "smallest" | "small" | "little" => |b: &BBox| b.area(),
+        _ => return None,
+    })
+}
+
+/// Lower-case words of the question.
+fn words(question: &str) -> Vec<String> {
+    question
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The words that may name an object to look at, with their index: not the little words,
+/// and not the thing asked *for* ("which game", "what kind of drink", "what colour").
+pub(super) fn object_words(question: &str) -> Vec<(usize, String)> {
+    const LITTLE: &[&str] = &[
+        "what", "which", "who", "whose", "where", "when", "how", "why", "the", "a", "an", "is",
+        "are", "was", "were", "of", "on", "in", "at", "to", "for", "from", "by", "with", "that",
+        "this", "there", "it", "its", "do", "does", "did", "we", "can", "you", "me", "tell", "and",
+        "or", "be", "much", "many", "left", "right", "top", "bottom", "name", "word", "words",
+        "number", "written", "printed", "shown", "says", "say", "read",
+    ];
+    const ASKING: &[&str] = &["what", "which", "whose"];
+    const KIND: &[&str] = &["kind", "kinds", "type", "types", "sort", "sorts"];
+    let w = words(question);
+    w.iter()
+        .enumerate()
+        .filter(|(i, word)| {
+            if LITTLE.contains(&word.as_str()) || word.chars().count() < 3 {
+                return false;
+            }
+            let before = |k: usize| i.checked_sub(k).map(|j| w[j].as_str());
+            let asked_for = before(1).is_some_and(|p| ASKING.contains(&p))
+                || (before(1) == Some("of") && before(2).is_some_and(|p| KIND.contains(&p)));
+            !asked_for
+        })
+        .map(|(i, word)| (i, word.clone()))
+        .collect()
+}
+
+/// The position word next to the word at `at` ("the left monitor", "the monitor at the
+/// top"), if any: up to two words before it, or "at/on/in the X" right after.
+fn position_near(question: &str, at: usize) -> Option<fn(&BBox) -> f32> {
+    let w = words(question);
+    let before = at.saturating_sub(2)..at;
+    let after = (at + 1)..(at + 4).min(w.len());
+    before
+        .chain(after)
+        .filter_map(|i| w.get(i))
+        .find_map(|x| position_key(x))
+}
+
+impl Session<'_> {
+    /// Finds the objects `question` names and reads inside them (see the module docs).
+    pub(super) async fn find_named_objects(
+        &mut self,
+        step: usize,
+        question: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) {
+        let Some(agent) = self
+            .orch
+            .agents
+            .iter()
+            .find(|a| a.capabilities().contains(&Capability::Objects))
+            .cloned()
+        else {
+            return;
+        };
+        let named: Vec<(usize, String)> = object_words(question)
+            .into_iter()
+            .filter(|(_, w)| agent.knows(w) != Some(false))
+            .take(4)
+            .collect();
+        if named.is_empty() || Self::cancelled(opts) {
+            return;
+        }
+        let objects: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
+        let arguments = json!({ "objects": objects });
+        let name = agent.name().to_string();
+        // An earlier question of this session looked for the same: its objects stand.
+        let ids = match self.call_regions.get(&format!("{name} {arguments}")) {
+            Some(ids) => ids.clone(),
+            None => {
+                let span = tracing::info_span!("objects", step, objects = ?objects);
+                let called = self
+                    .call(step, &name, arguments.clone(), opts, None, Caller::Loop)
+                    .instrument(span)
+                    .await;
+                self.turns.push(Turn::Call {
+                    agent: name.clone(),
+                    arguments,
+                });
+                self.turns.push(Turn::Observation {
+                    agent: name,
+                    content: called.content,
+                });
+                called.ids
+            }
+        };
+        let (w, h) = (self.facts.width as f32, self.facts.height as f32);
+        let found: Vec<BBox> = ids
+            .iter()
+            .filter_map(|id| self.evidence.get(id))
+            .filter(|r| r.kind == FindingKind::Object)
+            // A detector's box is loose: text on an object's rim (a monitor's brand on its
+            // bezel) may lie just outside it.
+            .map(|r| {
+                let pad = OBJECT_PAD * r.bbox.width().max(r.bbox.height());
+                BBox::new(
+                    r.bbox.x1 - pad,
+                    r.bbox.y1 - pad,
+                    r.bbox.x2 + pad,
+                    r.bbox.y2 + pad,
+                )
+                .clamp(w, h)
+            })
+            .collect();
+        let position = named.iter().find_map(|(i, _)| position_near(question, *i));
+        let chosen: Vec<BBox> = match position {
+            Some(key) => found
+                .iter()
+                .min_by(|a, b| key(a).total_cmp(&key(b)))
+                .into_iter()
+                .copied()
+                .collect(),
+            None if found.len() <= MAX_NAMED => found,
+            None => Vec::new(),
+        };
+        if chosen.is_empty() {
+            return;
+        }
+        self.object_focus = chosen.clone();
+        let Some(reader) = self.zoom_agent() else {
+            return;
+        };
+        let budget = self.orch.cfg.zoom.clone();
+        for b in chosen {
+            if spent.zooms >= budget.max_zooms
+                || spent.seconds >= budget.max_seconds
+                || spent.pixels >= budget.max_pixels
+                || Self::cancelled(opts)
+            {
+                break;
+            }
+            let window = b;
+            if self
+                .zoomed
+                .iter()
+                .any(|z| window.intersection(z) >= 0.9 * window.area())
+            {
+                continue;
+            }
+            let why = "inside an object the question names";
+            self.zoom_into(step, reader.as_ref(), &window, why, opts, spent)
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(q: &str) -> Vec<String> {
+        object_words(q).into_iter().map(|(_, w)| w).collect()
+    }
+
+    #[test]
+    fn the_thing_asked_for_is_not_where_to_look() {
+        assert_eq!(ws("Which game is shown on the left monitor?"), ["monitor"]);
+        assert_eq!(
+            ws("What kind of drink can we buy from that vending machine?"),
+            ["buy", "vending", "machine"]
+        );
+        assert_eq!(
+            ws("What word is printed on the face of the wall clock?"),
+            ["face", "wall", "clock"]
+        );
+        assert_eq!(
+            ws("Tell me the number of that player who is shooting."),
+            ["player", "shooting"]
+        );
+    }
+
+    #[test]
+    fn position_words_choose_one() {
+        let q = "Which game is shown on the left monitor?";
+        let at = object_words(q)[0].0;
+        let key = position_near(q, at).unwrap();
+        let (a, b) = (
+            BBox::new(0.0, 0.0, 10.0, 10.0),
+            BBox::new(50.0, 0.0, 60.0, 10.0),
+        );
+        assert!(key(&a) < key(&b));
+        let q2 = "What brand is the monitor at the top?";
+        let at2 = object_words(q2)[0].0;
+        let top = position_near(q2, at2).unwrap();
+        assert!(top(&BBox::new(0.0, 0.0, 5.0, 5.0)) < top(&BBox::new(0.0, 50.0, 5.0, 55.0)));
+        assert!(position_near("the wall clock", 2).is_none());
+    }
+}
