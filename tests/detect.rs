@@ -420,11 +420,11 @@ fn controllers_are_offered_detect_only_when_its_model_is_present() {
             .collect()
     };
     let source = ModelSource::Dir(dir.path().to_path_buf());
-    assert_eq!(names(&source), ["ocr"]);
+    assert_eq!(names(&source), ["ocr", "colour"]);
     for f in ["groundingdino.onnx", "vocab.txt"] {
         std::fs::copy(fixture_dir().join(f), dir.path().join(f)).unwrap();
     }
-    assert_eq!(names(&source), ["ocr", "detect"]);
+    assert_eq!(names(&source), ["ocr", "detect", "colour"]);
     // Present but broken is an error, not a silently missing tool.
     std::fs::write(dir.path().join("groundingdino.onnx"), b"junk").unwrap();
     assert!(p2g::agents::load_available(&source, &store, session).is_err());

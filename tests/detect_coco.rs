@@ -221,5 +221,5 @@ fn without_npm_the_error_says_what_to_install_and_ocr_still_works() {
     )
     .unwrap();
     let names: Vec<String> = agents.iter().map(|a| a.definition().name).collect();
-    assert_eq!(names, ["ocr"]);
+    assert_eq!(names, ["ocr", "colour"]);
 }

@@ -756,3 +756,161 @@ fn a_question_about_a_region_is_read_there_and_answered_only_from_inside_it() {
         .collect();
     assert_eq!(offered, ["SPECIAL 12"]);
 }
+
+/// A closed-vocabulary detector that knows clocks and cars: two clocks, one car.
+#[derive(Clone)]
+struct Finder {
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Agent for Finder {
+    type Args = serde_json::Value;
+    type Output = Vec<(String, [f32; 4])>;
+
+    fn name(&self) -> &str {
+        "detect"
+    }
+
+    fn definition(&self) -> ToolDefinition {
+        ToolDefinition {
+            name: "detect".into(),
+            description: "finds clocks and cars".into(),
+            parameters: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    fn capabilities(&self) -> Vec<p2g::agents::Capability> {
+        vec![p2g::agents::Capability::Objects]
+    }
+
+    fn knows(&self, phrase: &str) -> Option<bool> {
+        Some(["clock", "car"].contains(&phrase))
+    }
+
+    fn findings(&self, output: &Self::Output) -> Vec<Finding> {
+        output
+            .iter()
+            .map(|(t, b)| Finding {
+                bbox: BBox::from(*b),
+                text: t.clone(),
+                kind: FindingKind::Object,
+                score: 0.8,
+                quad: None,
+            })
+            .collect()
+    }
+
+    async fn run(&self, _image: &Image, args: Self::Args) -> Result<Self::Output, AgentError> {
+        self.calls.lock().unwrap().push(args.clone());
+        let wants = |w: &str| args["objects"].as_array().unwrap().iter().any(|o| o == w);
+        let mut out = Vec::new();
+        if wants("clock") {
+            out.push(("clock".to_string(), [100.0, 100.0, 400.0, 400.0]));
+            out.push(("clock".to_string(), [1400.0, 100.0, 1700.0, 400.0]));
+        }
+        if wants("car") {
+            out.push(("car".to_string(), [600.0, 900.0, 1000.0, 1100.0]));
+        }
+        Ok(out)
+    }
+}
+
+/// A photo with a word on each clock face and one on a poster between them.
+fn clock_reader() -> Reader {
+    Reader {
+        name: "reader",
+        lines: vec![
+            ("ALTITUDE", [180.0, 200.0, 320.0, 230.0]),
+            ("ENJOY YOUR STAY", [700.0, 200.0, 1000.0, 240.0]),
+            ("QUARTZ", [1480.0, 200.0, 1620.0, 230.0]),
+        ],
+        fail: false,
+        delay: Duration::ZERO,
+        zoomed: vec![("ALTITUDE", [180.0, 200.0, 320.0, 230.0], 0.95)],
+        leads: Vec::new(),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    }
+}
+
+fn offered_texts(seen: &Arc<Mutex<Vec<Conversation>>>) -> Vec<String> {
+    let convs = seen.lock().unwrap();
+    convs
+        .last()
+        .unwrap()
+        .regions
+        .iter()
+        .map(|r| r.text.clone())
+        .collect()
+}
+
+#[test]
+fn the_object_a_question_names_is_found_read_and_answered_from() {
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("ALTITUDE", &["r1"])),
+    ]);
+    let finder = Finder {
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let o = Orchestrator::builder()
+        .controller(c)
+        .max_steps(5)
+        .agent(clock_reader())
+        .loop_agent_arc(Arc::new(finder.clone()))
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("desk.jpg"));
+    let rt = common::rt();
+    rt.block_on(s.ask(
+        "What word is printed on the left clock?",
+        AskOptions::default(),
+    ))
+    .unwrap();
+    // The detector was asked for the clock (the loop's call, not the controller's: it is
+    // not among the controller's tools)...
+    assert_eq!(
+        finder.calls.lock().unwrap()[0],
+        serde_json::json!({"objects": ["clock"]})
+    );
+    let convs = seen.lock().unwrap().clone();
+    assert!(convs
+        .iter()
+        .all(|c| c.tools.iter().all(|t| t.name != "detect")));
+    drop(convs);
+    // ...the left clock was read magnified, and the answer is chosen among its text only.
+    let zooms = zoom_records(&s);
+    assert_eq!(zooms.len(), 1, "{zooms:?}");
+    assert!(zooms[0].window.x2 < 700.0, "{:?}", zooms[0].window);
+    assert_eq!(offered_texts(&seen), ["ALTITUDE"]);
+}
+
+#[test]
+fn the_thing_asked_for_or_too_many_objects_narrow_nothing() {
+    // "which car" asks for a car: no detection narrows the evidence; "the clock" with two
+    // clocks and no position word keeps both.
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("QUARTZ", &["r3"])),
+    ]);
+    let finder = Finder {
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let o = Orchestrator::builder()
+        .controller(c)
+        .max_steps(5)
+        .agent(clock_reader())
+        .loop_agent_arc(Arc::new(finder.clone()))
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("desk.jpg"));
+    let rt = common::rt();
+    rt.block_on(s.ask("Which car is parked here?", AskOptions::default()))
+        .unwrap();
+    assert!(finder.calls.lock().unwrap().is_empty());
+    assert_eq!(offered_texts(&seen).len(), 3);
+    rt.block_on(s.ask("What is written on the clock?", AskOptions::default()))
+        .unwrap();
+    let mut texts = offered_texts(&seen);
+    texts.sort();
+    assert_eq!(texts, ["ALTITUDE", "QUARTZ"]);
+}

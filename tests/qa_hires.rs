@@ -229,3 +229,85 @@ fn a_region_question_never_cites_outside_its_region() {
         "{a:?}"
     );
 }
+
+fn coco() -> std::sync::Arc<dyn p2g::agents::DynAgent> {
+    use p2g::agents::detect::coco::{CocoConfig, CocoDetectAgent};
+    std::sync::Arc::new(
+        CocoDetectAgent::load(
+            &ModelSource::Store(store()),
+            &store(),
+            CocoConfig::embedded().unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn the_wall_clock_and_the_left_monitor_are_found_and_read() {
+    // The desk photo holds words on two monitors, a wall clock, a mug and a poster: the
+    // detector finds the object each question names, and the answer is read on it.
+    let o = with_controller()
+        .agent(ocr())
+        .loop_agent_arc(coco())
+        .build()
+        .unwrap();
+    let (image, path) = photo("desktop.webp");
+    let mut s = o.session(image, &path);
+    let rt = common::rt();
+    let clock = rt
+        .block_on(s.ask(
+            "What word is printed on the face of the wall clock?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    assert!(
+        clock.answer.to_uppercase().contains("ALTITUDE"),
+        "{clock:?}"
+    );
+    // The clock it was read on is the one on the wall (top left), not a monitor's screen.
+    let b = clock.grounding[0].bbox;
+    assert!(b.x1 > 930.0 && b.x2 < 1300.0 && b.y2 < 640.0, "{b:?}");
+    let game = rt
+        .block_on(s.ask(
+            "Which game is shown on the left monitor?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    let g = game.answer.to_lowercase().replace(' ', "");
+    assert!(g.contains("fallout"), "{game:?}");
+    assert!(game.grounding[0].bbox.x2 < 1360.0, "{game:?}");
+}
+
+#[test]
+fn a_colour_is_named_from_the_pixels_of_the_object() {
+    let o = with_controller()
+        .agent(ocr())
+        .loop_agent_arc(coco())
+        .loop_agent_arc(std::sync::Arc::new(
+            p2g::agents::colour::ColourAgent::embedded().unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let (image, path) = photo("signicade.JPG");
+    let mut s = o.session(image, &path);
+    let rt = common::rt();
+    let a = rt
+        .block_on(s.ask("What colour is the umbrella?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(a.answer, "red", "{a:?}");
+    // Cited to the umbrella the detector found (left edge of the photo).
+    assert!(
+        a.grounding
+            .iter()
+            .any(|g| g.bbox.x1 < 50.0 && g.bbox.x2 < 700.0),
+        "{a:?}"
+    );
+    // What is drawn is still not something colours can tell.
+    let drawn = rt
+        .block_on(s.ask(
+            "What animal is drawn on that red signicade?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    assert!(drawn.answer.starts_with("I cannot tell"), "{drawn:?}");
+}

@@ -15,6 +15,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("ocr", include_str!("../../agents/ocr.toml")),
     ("detect", include_str!("../../agents/detect.toml")),
     ("detect-coco", include_str!("../../agents/detect_coco.toml")),
+    ("colour", include_str!("../../agents/colour.toml")),
     ("layout", include_str!("../../agents/layout.toml")),
 ];
 

@@ -5,6 +5,7 @@
 //! typed arguments and output, and an async [`Agent::run`]. [`DynAgent`] erases the types so a
 //! registry can hold different agents and a controller can call them with JSON.
 
+pub mod colour;
 pub mod detect;
 pub mod layout;
 pub mod manifest;
@@ -61,8 +62,10 @@ pub enum Capability {
     Text,
     /// Finds and locates objects by name.
     Objects,
-    /// Sees what things look like: colours, shapes, materials.
+    /// Sees what things look like: colours, shapes, materials, what is drawn.
     Appearance,
+    /// Sees the colours of a region, nothing more (not what is drawn or its shape).
+    Colour,
 }
 
 /// A place where an agent saw something it could not read (or name) well: worth a closer
@@ -168,6 +171,7 @@ pub trait Agent: Send + Sync {
 /// `source`, else the COCO detector (NanoDet, fetched from npm on first use). A model that is
 /// present but broken is an error, not silently skipped; a detector that cannot be fetched
 /// (no npm, no network) is left out with a warning, since reading text does not need it.
+/// The colour agent (pixels only) is always there.
 pub fn load_available(
     source: &crate::models::ModelSource,
     store: &crate::models::Store,
@@ -184,6 +188,7 @@ pub fn load_available(
         out.push(std::sync::Arc::new(detect::DetectAgent::load(
             source, store, det,
         )?));
+        out.push(std::sync::Arc::new(colour::ColourAgent::embedded()?));
         return Ok(out);
     }
     let mut coco = detect::coco::CocoConfig::embedded()?;
@@ -193,6 +198,8 @@ pub fn load_available(
             source, store, coco,
         )?));
     }
+    // Colours need no model.
+    out.push(std::sync::Arc::new(colour::ColourAgent::embedded()?));
     Ok(out)
 }
 

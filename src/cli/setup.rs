@@ -145,10 +145,11 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         for agent in load_available(&source, &store, args.models.session())
             .context("cannot load the agents")?
         {
-            // The detector runs on the loop's own policy (the objects a question names);
-            // the embedded controller, offered it, calls it with made-up arguments where it
-            // should read (`--offer-detect` offers it anyway).
-            let loop_only = agent.name() == "detect" && !args.offer_detect;
+            // The detector and the colour agent run on the loop's own policies (the objects
+            // a question names, their colour); the embedded controller, offered the
+            // detector, calls it with made-up arguments where it should read
+            // (`--offer-detect` offers both anyway).
+            let loop_only = ["detect", "colour"].contains(&agent.name()) && !args.offer_detect;
             b = if loop_only {
                 b.loop_agent_arc(agent)
             } else {

@@ -364,6 +364,9 @@ impl<'o> Session<'o> {
             controller: self.orch.controller.name().to_string(),
             tools: self.orch.offered().map(|a| a.name().to_string()).collect(),
         });
+        if let Some(a) = self.colour_answer(question, &opts, started).await {
+            return Ok(a);
+        }
         if let Some(a) = self.unanswerable(question, started) {
             return Ok(a);
         }

@@ -88,14 +88,17 @@ fn position_near(question: &str, at: usize) -> Option<fn(&BBox) -> f32> {
 }
 
 impl Session<'_> {
-    /// Finds the objects `question` names and reads inside them (see the module docs).
-    pub(super) async fn find_named_objects(
+    /// The objects `question` names, found with the detector and chosen by a position word
+    /// (see the module docs): their region ids, best first; empty when there is no detector,
+    /// the question names nothing it knows, nothing was found, or (unless `best_of_many`,
+    /// then the best few) too many to tell which.
+    pub(super) async fn named_objects(
         &mut self,
         step: usize,
         question: &str,
         opts: &AskOptions,
-        spent: &mut ZoomSpent,
-    ) {
+        best_of_many: bool,
+    ) -> Vec<String> {
         let Some(agent) = self
             .orch
             .agents
@@ -103,7 +106,7 @@ impl Session<'_> {
             .find(|a| a.capabilities().contains(&Capability::Objects))
             .cloned()
         else {
-            return;
+            return Vec::new();
         };
         let named: Vec<(usize, String)> = object_words(question)
             .into_iter()
@@ -111,7 +114,7 @@ impl Session<'_> {
             .take(4)
             .collect();
         if named.is_empty() || Self::cancelled(opts) {
-            return;
+            return Vec::new();
         }
         let objects: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
         let arguments = json!({ "objects": objects });
@@ -136,13 +139,45 @@ impl Session<'_> {
                 called.ids
             }
         };
-        let (w, h) = (self.facts.width as f32, self.facts.height as f32);
-        let found: Vec<BBox> = ids
+        let found: Vec<(String, BBox)> = ids
             .iter()
             .filter_map(|id| self.evidence.get(id))
             .filter(|r| r.kind == FindingKind::Object)
-            // A detector's box is loose: text on an object's rim (a monitor's brand on its
-            // bezel) may lie just outside it.
+            .map(|r| (r.id.clone(), r.bbox))
+            .collect();
+        let position = named.iter().find_map(|(i, _)| position_near(question, *i));
+        match position {
+            Some(key) => found
+                .into_iter()
+                .min_by(|a, b| key(&a.1).total_cmp(&key(&b.1)))
+                .map(|(id, _)| id)
+                .into_iter()
+                .collect(),
+            None if found.len() <= MAX_NAMED || best_of_many => found
+                .into_iter()
+                .take(MAX_NAMED)
+                .map(|(id, _)| id)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Finds the objects `question` names, reads inside them magnified and narrows the
+    /// answer to the text on them (see the module docs).
+    pub(super) async fn find_named_objects(
+        &mut self,
+        step: usize,
+        question: &str,
+        opts: &AskOptions,
+        spent: &mut ZoomSpent,
+    ) {
+        let ids = self.named_objects(step, question, opts, false).await;
+        let (w, h) = (self.facts.width as f32, self.facts.height as f32);
+        // A detector's box is loose: text on an object's rim (a monitor's brand on its
+        // bezel) may lie just outside it.
+        let chosen: Vec<BBox> = ids
+            .iter()
+            .filter_map(|id| self.evidence.get(id))
             .map(|r| {
                 let pad = OBJECT_PAD * r.bbox.width().max(r.bbox.height());
                 BBox::new(
@@ -154,17 +189,6 @@ impl Session<'_> {
                 .clamp(w, h)
             })
             .collect();
-        let position = named.iter().find_map(|(i, _)| position_near(question, *i));
-        let chosen: Vec<BBox> = match position {
-            Some(key) => found
-                .iter()
-                .min_by(|a, b| key(a).total_cmp(&key(b)))
-                .into_iter()
-                .copied()
-                .collect(),
-            None if found.len() <= MAX_NAMED => found,
-            None => Vec::new(),
-        };
         if chosen.is_empty() {
             return;
         }
@@ -173,7 +197,7 @@ impl Session<'_> {
             return;
         };
         let budget = self.orch.cfg.zoom.clone();
-        for b in chosen {
+        for window in chosen {
             if spent.zooms >= budget.max_zooms
                 || spent.seconds >= budget.max_seconds
                 || spent.pixels >= budget.max_pixels
@@ -181,7 +205,6 @@ impl Session<'_> {
             {
                 break;
             }
-            let window = b;
             if self
                 .zoomed
                 .iter()
