@@ -784,7 +784,7 @@ impl Agent for Finder {
     }
 
     fn knows(&self, phrase: &str) -> Option<bool> {
-        Some(["clock", "car"].contains(&phrase))
+        Some(["clock", "car", "player", "ball"].contains(&phrase))
     }
 
     fn findings(&self, output: &Self::Output) -> Vec<Finding> {
@@ -810,6 +810,13 @@ impl Agent for Finder {
         }
         if wants("car") {
             out.push(("car".to_string(), [600.0, 900.0, 1000.0, 1100.0]));
+        }
+        if wants("player") {
+            out.push(("person".to_string(), [100.0, 600.0, 300.0, 1200.0]));
+            out.push(("person".to_string(), [1300.0, 600.0, 1500.0, 1200.0]));
+        }
+        if wants("ball") {
+            out.push(("sports ball".to_string(), [1380.0, 560.0, 1420.0, 600.0]));
         }
         Ok(out)
     }
@@ -913,4 +920,54 @@ fn the_thing_asked_for_or_too_many_objects_narrow_nothing() {
     let mut texts = offered_texts(&seen);
     texts.sort();
     assert_eq!(texts, ["ALTITUDE", "QUARTZ"]);
+}
+
+#[test]
+fn the_player_holding_the_ball_is_the_one_whose_box_holds_it() {
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("8", &["r2"])),
+    ]);
+    let finder = Finder {
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let reader = Reader {
+        name: "reader",
+        lines: vec![
+            ("23", [180.0, 700.0, 220.0, 740.0]),
+            ("8", [1390.0, 700.0, 1420.0, 740.0]),
+            ("6:23", [900.0, 50.0, 980.0, 90.0]),
+        ],
+        fail: false,
+        delay: Duration::ZERO,
+        zoomed: Vec::new(),
+        leads: Vec::new(),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let o = Orchestrator::builder()
+        .controller(c)
+        .max_steps(5)
+        .agent(reader)
+        .loop_agent_arc(Arc::new(finder.clone()))
+        .build()
+        .unwrap();
+    let mut s = o.session(photo(), std::path::Path::new("court.jpg"));
+    common::rt()
+        .block_on(s.ask(
+            "What number is on the player holding the ball?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    // The players and the ball were looked for apart, and the player whose box holds the
+    // ball is where the answer comes from.
+    let calls = finder.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&serde_json::json!({"objects": ["player"]})),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&serde_json::json!({"objects": ["ball"]})),
+        "{calls:?}"
+    );
+    assert_eq!(offered_texts(&seen), ["8"]);
 }

@@ -38,6 +38,84 @@ fn position_key(word: &str) -> Option<fn(&BBox) -> f32> {
     })
 }
 
+/// How one object stands to another, read from the words between their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Relation {
+    /// "holding / carrying / with / has": the other lies (mostly) inside this one's box, or
+    /// within reach of it.
+    Holds,
+    /// "next to / beside / near / by": the closest.
+    NextTo,
+    /// "below / under / beneath": under the other, overlapping it across.
+    Below,
+    /// "above / over / on": over the other, overlapping it across.
+    Above,
+}
+
+impl Relation {
+    fn of(word: &str) -> Option<Self> {
+        Some(match word {
+            "holding" | "holds" | "hold" | "carrying" | "carries" | "carry" | "with" | "has"
+            | "having" => Relation::Holds,
+            "next" | "beside" | "near" | "by" | "nearest" | "closest" => Relation::NextTo,
+            "below" | "under" | "beneath" | "underneath" => Relation::Below,
+            "above" | "over" | "on" | "atop" => Relation::Above,
+            _ => return None,
+        })
+    }
+
+    /// How well `s` stands in this relation to `o` (higher is better); `None`: not at all.
+    pub(super) fn score(&self, s: &BBox, o: &BBox) -> Option<f32> {
+        let scale = s
+            .width()
+            .max(s.height())
+            .max(o.width().max(o.height()))
+            .max(1.0);
+        let across = s.x1.max(o.x1) < s.x2.min(o.x2);
+        let (sc, oc) = ((s.y1 + s.y2) / 2.0, (o.y1 + o.y2) / 2.0);
+        match self {
+            Relation::Holds => {
+                // What is held is often raised above the head or held out beside the
+                // body, just outside the holder's box.
+                let m = 0.15 * s.width().max(s.height());
+                let reach = BBox::new(s.x1 - m, s.y1 - m, s.x2 + m, s.y2 + m);
+                let inside = reach.intersection(o) / o.area().max(1.0);
+                (inside >= 0.3).then_some(inside)
+            }
+            Relation::NextTo => {
+                let dx = (s.x1 - o.x2).max(o.x1 - s.x2).max(0.0);
+                let dy = (s.y1 - o.y2).max(o.y1 - s.y2).max(0.0);
+                let gap = (dx * dx + dy * dy).sqrt() / scale;
+                (gap < 2.0).then_some(-gap)
+            }
+            Relation::Below => (across && sc > oc).then_some(-(s.y1 - o.y2).abs() / scale),
+            Relation::Above => (across && sc < oc).then_some(-(o.y1 - s.y2).abs() / scale),
+        }
+    }
+}
+
+/// The first named object, a relation word after it and a second named object after that
+/// ("the man holding the bag"), with only little words between them.
+fn relation(question: &str, named: &[(usize, String)]) -> Option<(String, Relation, String)> {
+    const BETWEEN: &[&str] = &[
+        "who", "that", "which", "is", "are", "the", "a", "an", "to", "of", "it", "its", "his",
+        "her", "their", "top",
+    ];
+    let w = words(question);
+    let (ia, a) = named.first()?;
+    let (ib, b) = named.iter().find(|(i, _)| i > ia)?;
+    let mut rel = None;
+    for x in &w[ia + 1..*ib] {
+        match Relation::of(x) {
+            Some(r) if rel.is_none() => rel = Some(r),
+            Some(_) => {}
+            None if BETWEEN.contains(&x.as_str()) => {}
+            None => return None,
+        }
+    }
+    Some((a.clone(), rel?, b.clone()))
+}
+
 /// Lower-case words of the question.
 fn words(question: &str) -> Vec<String> {
     question
@@ -116,10 +194,60 @@ impl Session<'_> {
         if named.is_empty() || Self::cancelled(opts) {
             return Vec::new();
         }
-        let objects: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
+        // "the man holding the bag", "the car next to the bus": the first object is chosen
+        // by where the second is.
+        if let Some((a, rel, b)) = relation(question, &named) {
+            let subjects = self
+                .detected(step, agent.as_ref(), &[a.as_str()], opts)
+                .await;
+            let others = self
+                .detected(step, agent.as_ref(), &[b.as_str()], opts)
+                .await;
+            let best = subjects
+                .iter()
+                .filter_map(|(id, s)| {
+                    let score = others
+                        .iter()
+                        .filter(|(oid, _)| oid != id)
+                        .filter_map(|(_, o)| rel.score(s, o))
+                        .fold(None::<f32>, |m, v| Some(m.map_or(v, |m| m.max(v))))?;
+                    Some((id.clone(), score))
+                })
+                .max_by(|x, y| x.1.total_cmp(&y.1));
+            if let Some((id, _)) = best {
+                return vec![id];
+            }
+        }
+        let words: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
+        let found = self.detected(step, agent.as_ref(), &words, opts).await;
+        let position = named.iter().find_map(|(i, _)| position_near(question, *i));
+        match position {
+            Some(key) => found
+                .into_iter()
+                .min_by(|a, b| key(&a.1).total_cmp(&key(&b.1)))
+                .map(|(id, _)| id)
+                .into_iter()
+                .collect(),
+            None if found.len() <= MAX_NAMED || best_of_many => found
+                .into_iter()
+                .take(MAX_NAMED)
+                .map(|(id, _)| id)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The objects `agent` finds for `objects` (one call; an earlier identical call's
+    /// results stand), as region ids and boxes, best first.
+    async fn detected(
+        &mut self,
+        step: usize,
+        agent: &dyn crate::agents::DynAgent,
+        objects: &[&str],
+        opts: &AskOptions,
+    ) -> Vec<(String, BBox)> {
         let arguments = json!({ "objects": objects });
         let name = agent.name().to_string();
-        // An earlier question of this session looked for the same: its objects stand.
         let ids = match self.call_regions.get(&format!("{name} {arguments}")) {
             Some(ids) => ids.clone(),
             None => {
@@ -139,27 +267,11 @@ impl Session<'_> {
                 called.ids
             }
         };
-        let found: Vec<(String, BBox)> = ids
-            .iter()
+        ids.iter()
             .filter_map(|id| self.evidence.get(id))
             .filter(|r| r.kind == FindingKind::Object)
             .map(|r| (r.id.clone(), r.bbox))
-            .collect();
-        let position = named.iter().find_map(|(i, _)| position_near(question, *i));
-        match position {
-            Some(key) => found
-                .into_iter()
-                .min_by(|a, b| key(&a.1).total_cmp(&key(&b.1)))
-                .map(|(id, _)| id)
-                .into_iter()
-                .collect(),
-            None if found.len() <= MAX_NAMED || best_of_many => found
-                .into_iter()
-                .take(MAX_NAMED)
-                .map(|(id, _)| id)
-                .collect(),
-            None => Vec::new(),
-        }
+            .collect()
     }
 
     /// Finds the objects `question` names, reads inside them magnified and narrows the
@@ -242,6 +354,53 @@ mod tests {
             ws("Tell me the number of that player who is shooting."),
             ["player", "shooting"]
         );
+    }
+
+    #[test]
+    fn a_relation_between_two_named_objects_is_read() {
+        let named = |q: &str, known: &[&str]| -> Vec<(usize, String)> {
+            object_words(q)
+                .into_iter()
+                .filter(|(_, w)| known.contains(&w.as_str()))
+                .collect()
+        };
+        let q = "What is written on the bag of the man holding the umbrella?";
+        let n = named(q, &["bag", "man", "umbrella"]);
+        // The first named object is the bag, and "of the man" says no relation.
+        assert_eq!(relation(q, &n), None);
+        let q2 = "What number is on the player holding the ball?";
+        let n2 = named(q2, &["player", "ball"]);
+        assert_eq!(
+            relation(q2, &n2),
+            Some(("player".into(), Relation::Holds, "ball".into()))
+        );
+        let q3 = "Which brand is the car next to the bus?";
+        let n3 = named(q3, &["car", "bus"]);
+        assert_eq!(
+            relation(q3, &n3),
+            Some(("car".into(), Relation::NextTo, "bus".into()))
+        );
+        let q4 = "What does the sign below the clock say?";
+        let n4 = named(q4, &["sign", "clock"]);
+        assert_eq!(relation(q4, &n4).map(|r| r.1), Some(Relation::Below));
+    }
+
+    #[test]
+    fn relations_score_boxes() {
+        let person = BBox::new(100.0, 100.0, 200.0, 400.0);
+        let other = BBox::new(300.0, 100.0, 400.0, 400.0);
+        let ball = BBox::new(140.0, 90.0, 170.0, 120.0);
+        assert!(Relation::Holds.score(&person, &ball).is_some());
+        assert!(Relation::Holds.score(&other, &ball).is_none());
+        let bag = BBox::new(210.0, 300.0, 260.0, 380.0);
+        let near = Relation::NextTo.score(&person, &bag).unwrap();
+        let far = Relation::NextTo
+            .score(&other, &bag)
+            .unwrap_or(f32::NEG_INFINITY);
+        assert!(near > far);
+        let clock = BBox::new(100.0, 0.0, 200.0, 50.0);
+        assert!(Relation::Below.score(&person, &clock).is_some());
+        assert!(Relation::Above.score(&person, &clock).is_none());
     }
 
     #[test]
