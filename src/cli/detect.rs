@@ -9,8 +9,8 @@ use anyhow::Result;
 
 use p2g::agents::detect::coco::{CocoConfig, CocoDetectAgent};
 use p2g::agents::detect::{DetectAgent, DetectArgs, DetectConfig, DetectOutput, Phrases};
-use p2g::agents::AgentManifest;
-use p2g::models::Store;
+use p2g::agents::{AgentError, AgentManifest};
+use p2g::models::{ModelError, Store};
 use p2g::vision::{draw, BBox, Image, LoadOptions, Quad};
 
 use super::ModelArgs;
@@ -135,7 +135,16 @@ fn load_detector(cmd: &DetectCmd, store: &Store) -> Result<Detector> {
         &mut o.max_tiles,
     );
     o.score_threshold = box_t.unwrap_or(o.score_threshold);
-    Ok(Detector::Coco(CocoDetectAgent::load(&source, store, coco)?))
+    match CocoDetectAgent::load(&source, store, coco) {
+        Ok(a) => Ok(Detector::Coco(a)),
+        // No npm or no registry: say both ways to get a detector, in one line.
+        Err(AgentError::Model(
+            e @ (ModelError::NpmMissing { .. } | ModelError::PackageFailed { .. }),
+        )) => anyhow::bail!(
+            "no detector: {e}; or add a Grounding DINO model (`p2g models add grounding-dino DIR`, README \"Grounding DINO: real weights\")"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn run(cmd: DetectCmd) -> Result<ExitCode> {
