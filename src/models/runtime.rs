@@ -138,6 +138,13 @@ pub fn open_session(
         .map_err(|e| err(e.to_string()))
 }
 
+/// A model's declared inputs and outputs: name and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<(String, Vec<i64>)>,
+    pub outputs: Vec<(String, Vec<i64>)>,
+}
+
 /// An ONNX Runtime session behind a lock (sessions run one call at a time), with its run
 /// options made once. [`OnnxModel::run`] serves models with one float tensor in and one out —
 /// every PaddleOCR model; [`OnnxModel::with_session`] any other interface.
@@ -161,6 +168,44 @@ impl OnnxModel {
         out.dtype()
             .tensor_shape()
             .map(|s| s.iter().copied().collect())
+    }
+
+    /// The declared inputs and outputs (name and shape, `-1` for a dynamic axis), for models
+    /// whose outputs are found by shape rather than by name.
+    pub fn signature(&self) -> Result<Signature, String> {
+        self.with_session(
+            |e| e,
+            |s, _| {
+                let dims = |d: &ort::value::ValueType| -> Vec<i64> {
+                    d.tensor_shape()
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default()
+                };
+                Ok(Signature {
+                    inputs: s
+                        .inputs()
+                        .iter()
+                        .map(|o| (o.name().to_string(), dims(o.dtype())))
+                        .collect(),
+                    outputs: s
+                        .outputs()
+                        .iter()
+                        .map(|o| (o.name().to_string(), dims(o.dtype())))
+                        .collect(),
+                })
+            },
+        )
+    }
+
+    /// A custom metadata value of the model (e.g. the class names a PaddleDetection export
+    /// stores under `character`).
+    pub fn custom_metadata(&self, key: &str) -> Option<String> {
+        self.with_session(
+            |e| e,
+            |s, _| Ok(s.metadata().ok().and_then(|m| m.custom(key))),
+        )
+        .ok()
+        .flatten()
     }
 
     /// Runs the model on `input` laid out as `shape` and hands the first output's shape and

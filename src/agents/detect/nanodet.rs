@@ -82,31 +82,11 @@ impl NanoDet {
                 reason,
             })
         };
-        type Io = (Vec<(String, Vec<i64>)>, Vec<(String, Vec<i64>)>);
-        let (inputs, outputs): Io = model.with_session(
-            |reason| ModelError::Session {
+        let runtime::Signature { inputs, outputs } =
+            model.signature().map_err(|reason| ModelError::Session {
                 path: path.to_path_buf(),
                 reason,
-            },
-            |s, _| {
-                let dims = |d: &ort::value::ValueType| -> Vec<i64> {
-                    d.tensor_shape()
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default()
-                };
-                let ins = s
-                    .inputs()
-                    .iter()
-                    .map(|o| (o.name().to_string(), dims(o.dtype())))
-                    .collect();
-                let outs = s
-                    .outputs()
-                    .iter()
-                    .map(|o| (o.name().to_string(), dims(o.dtype())))
-                    .collect();
-                Ok((ins, outs))
-            },
-        )?;
+            })?;
         let [(input, ishape)] = inputs.as_slice() else {
             return Err(bad(format!("expected one input, found {}", inputs.len())));
         };

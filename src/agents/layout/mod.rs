@@ -141,8 +141,6 @@ struct LevelSpec {
     stride: u32,
 }
 
-type Shapes = Vec<(String, Vec<i64>)>;
-
 impl PicoDet {
     /// Opens the model. The input must be `[1, 3, H, W]` with a fixed size; each level is a
     /// pair of outputs `[1, cells, classes]` (scores) and `[1, cells, 4 bins]` (side logits),
@@ -162,31 +160,12 @@ impl PicoDet {
                 reason,
             })
         };
-        let (inputs, outputs, character): (Shapes, Shapes, Option<String>) = model.with_session(
-            |reason| ModelError::Session {
+        let runtime::Signature { inputs, outputs } =
+            model.signature().map_err(|reason| ModelError::Session {
                 path: path.to_path_buf(),
                 reason,
-            },
-            |s, _| {
-                let dims = |d: &ort::value::ValueType| -> Vec<i64> {
-                    d.tensor_shape()
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default()
-                };
-                let ins = s
-                    .inputs()
-                    .iter()
-                    .map(|o| (o.name().to_string(), dims(o.dtype())))
-                    .collect();
-                let outs = s
-                    .outputs()
-                    .iter()
-                    .map(|o| (o.name().to_string(), dims(o.dtype())))
-                    .collect();
-                let character = s.metadata().ok().and_then(|m| m.custom("character"));
-                Ok((ins, outs, character))
-            },
-        )?;
+            })?;
+        let character = model.custom_metadata("character");
         let classes: Vec<String> = match &character {
             Some(c) if !c.trim().is_empty() => c.lines().map(|l| l.trim().to_string()).collect(),
             _ => fallback.to_vec(),
