@@ -53,13 +53,7 @@ fn main() -> anyhow::Result<()> {
     let agent = CocoDetectAgent::load(&source, &store, cfg.clone())?;
     let path = source.file("nanodet", "nanodet.onnx")?;
     let model = NanoDet::open(runtime::environment(&store)?, &path, &cfg.session, 80)?;
-    let norm = nanodet::Normalisation {
-        channels: cfg.options.channels.clone(),
-        scale: cfg.options.scale,
-        mean: cfg.options.mean,
-        std: cfg.options.std,
-        pad_value: cfg.options.pad_value,
-    };
+    let norm = cfg.options.normalisation();
     for img in &images {
         let stem = img
             .file_stem()

@@ -63,7 +63,8 @@ impl Default for CocoOptions {
 }
 
 impl CocoOptions {
-    fn normalisation(&self) -> Normalisation {
+    /// How these options turn pixels into the model's input.
+    pub fn normalisation(&self) -> Normalisation {
         Normalisation {
             channels: self.channels.clone(),
             scale: self.scale,

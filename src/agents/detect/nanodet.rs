@@ -302,8 +302,10 @@ pub fn decode(
     out
 }
 
-/// The expected value of a softmax over logits `x`, in bins.
-fn expected(x: &[f32]) -> f32 {
+/// The expected value of a softmax over logits `x`, in bins: the distribution integral of a
+/// Generalized Focal Loss head (NanoDet's, and PP-PicoDet's in the layout agent). The
+/// largest logit's term is 1, so the sum is never 0 once that logit is finite.
+pub(crate) fn expected(x: &[f32]) -> f32 {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !m.is_finite() {
         return 0.0;

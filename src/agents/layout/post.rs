@@ -12,6 +12,7 @@
 //! an epsilon and no +1, as the reference) picks at most `keep_per_class`. Boxes are clipped
 //! to the input only after NMS, as the reference does.
 
+use crate::agents::detect::nanodet::expected;
 use crate::vision::BBox;
 
 /// One level's raw outputs: `cells x classes` scores and `cells x 4 bins` side logits.
@@ -122,25 +123,6 @@ pub fn hard_nms(sorted: Vec<(BBox, f32)>, iou: f32, keep: usize) -> Vec<(BBox, f
 pub fn iou_eps(a: &BBox, b: &BBox) -> f32 {
     let inter = a.intersection(b);
     inter / (a.area() + b.area() - inter + 1e-5)
-}
-
-/// The expected value of a softmax over logits `x`, in bins (0 when the logits are not finite).
-fn expected(x: &[f32]) -> f32 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !m.is_finite() {
-        return 0.0;
-    }
-    let (mut num, mut den) = (0f32, 0f32);
-    for (k, &v) in x.iter().enumerate() {
-        let e = (v - m).exp();
-        num += e * k as f32;
-        den += e;
-    }
-    if den > 0.0 {
-        num / den
-    } else {
-        0.0
-    }
 }
 
 #[cfg(test)]
