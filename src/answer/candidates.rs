@@ -1,10 +1,10 @@
 //! Answer candidates: every span of the evidence an answer may be copied from.
 //!
-//! Why enumerate them: a small controller asked "which team's name is on the flag?" writes
+//! Why enumerate them: a small controller asked "which shop's name is on the sign?" writes
 //! whatever it likes — another region's coordinates, a word of its system prompt — unless
 //! the answer is held to the evidence. The candidates are the evidence's own words: runs of
 //! words inside one region, whole regions, and regions that continue each other — along a
-//! row ("SAM SAM TRADING" | "CO") or down a column (a sign's "OFFICE" over "FOR LEASE"). The
+//! row ("SAM SAM TRADING" | "CO") or down a column (a sign's "OFFICE" over "FOR RENT"). The
 //! controller's likelihood then chooses among them ([`super::rank`]), against saying that
 //! the evidence does not hold the answer.
 
@@ -49,7 +49,7 @@ fn answerable(text: &str) -> bool {
 /// What a question asks for, as far as the form of the answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
-    /// "What word / name / brand / company / team…": an answer has letters.
+    /// "What word / name / brand / company / title…": an answer has letters.
     Words,
     /// "What number / how many / how much / what time…": an answer has digits.
     Number,
@@ -67,8 +67,8 @@ impl Asked {
         ]) {
             Asked::Number
         } else if has(&[
-            "word", "words", "name", "names", "brand", "company", "team", "game", "title",
-            "called", "spell", "spelled", "letters",
+            "word", "words", "name", "names", "brand", "company", "title", "called", "spell",
+            "spelled", "letters",
         ]) {
             Asked::Words
         } else {
@@ -242,11 +242,11 @@ mod tests {
 
     #[test]
     fn words_of_a_region_and_the_region_whole() {
-        let r = [region("r1", "Murphy Ave.", 0, [0.0, 0.0, 100.0, 20.0])];
+        let r = [region("r1", "Hollis Ave.", 0, [0.0, 0.0, 100.0, 20.0])];
         let c = candidates(&r, &Limits::default());
         assert_eq!(
             texts(&c),
-            ["Murphy", "Murphy Ave", "Murphy Ave.", "Ave", "Ave."]
+            ["Hollis", "Hollis Ave", "Hollis Ave.", "Ave", "Ave."]
         );
         assert!(c.iter().all(|c| c.regions == ["r1"]));
     }
@@ -255,18 +255,18 @@ mod tests {
     fn lines_stacked_in_a_column_and_regions_of_a_row_join() {
         let r = [
             region("r1", "OFFICE", 0, [1936.0, 837.0, 1989.0, 855.0]),
-            region("r2", "FOR LEASE", 1, [1925.0, 853.0, 2001.0, 875.0]),
+            region("r2", "FOR RENT", 1, [1925.0, 853.0, 2001.0, 875.0]),
             region("r3", "(408) 391-9081", 2, [1925.0, 872.0, 2000.0, 893.0]),
             region("r4", "SAM SAM TRADING", 3, [10.0, 1000.0, 300.0, 1030.0]),
             region("r5", "CO", 3, [310.0, 1000.0, 350.0, 1030.0]),
         ];
         let c = candidates(&r, &Limits::default());
         let t = texts(&c);
-        assert!(t.contains(&"OFFICE FOR LEASE"), "{t:?}");
-        assert!(t.contains(&"LEASE"), "{t:?}");
+        assert!(t.contains(&"OFFICE FOR RENT"), "{t:?}");
+        assert!(t.contains(&"RENT"), "{t:?}");
         assert!(t.contains(&"SAM SAM TRADING CO"), "{t:?}");
         assert!(t.contains(&"TRADING CO"), "{t:?}");
-        let office = c.iter().find(|c| c.text == "OFFICE FOR LEASE").unwrap();
+        let office = c.iter().find(|c| c.text == "OFFICE FOR RENT").unwrap();
         assert_eq!(office.regions, ["r1", "r2"]);
         // Not stacked: a line far below, or of another size.
         assert!(!t.contains(&"391-9081 SAM"), "{t:?}");
@@ -279,7 +279,7 @@ mod tests {
             Asked::Words
         );
         assert_eq!(
-            Asked::of("Which game is shown on the left monitor?"),
+            Asked::of("Which title is shown on the book?"),
             Asked::Words
         );
         assert_eq!(
@@ -288,8 +288,8 @@ mod tests {
         );
         assert_eq!(Asked::of("How much time is left?"), Asked::Number);
         assert_eq!(Asked::of("What does the sign offer?"), Asked::Anything);
-        assert!(!Asked::Words.fits("9") && Asked::Words.fits("ALTITUDE"));
-        assert!(Asked::Number.fits("6:23") && !Asked::Number.fits("STAY"));
+        assert!(!Asked::Words.fits("9") && Asked::Words.fits("MERIDIAN"));
+        assert!(Asked::Number.fits("4:51") && !Asked::Number.fits("WELCOME"));
     }
 
     #[test]

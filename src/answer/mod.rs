@@ -187,12 +187,12 @@ mod tests {
             assert!(looks_like_box_or_id(t), "{t}");
         }
         for t in [
-            "6:23",
+            "4:51",
             "9.00",
             "R2-D2",
             "(408) 391-9081",
             "1,359",
-            "WARRIORS",
+            "HARBOUR",
             "r7 road",
         ] {
             assert!(!looks_like_box_or_id(t), "{t}");

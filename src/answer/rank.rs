@@ -273,8 +273,8 @@ pub struct Calibration<'a> {
 /// the same likelihood or, with a [`Calibration`], on the likelihood the question adds.
 /// Cheap where it can be: a candidate's first token bounds its score, so spans are scored
 /// likeliest first token first and the search stops when no remaining span can win; and one
-/// forward pass over a span scores every shorter candidate its tokens begin with ("Murphy"
-/// with "Murphy Ave.").
+/// forward pass over a span scores every shorter candidate its tokens begin with ("Hollis"
+/// with "Hollis Ave.").
 pub fn choose(
     s: &mut Session,
     texts: &[String],
@@ -470,8 +470,8 @@ mod tests {
     #[test]
     fn a_span_covers_the_shorter_spans_its_tokens_begin_with() {
         let t = vec![
-            vec![1, 2],    // "Murphy"
-            vec![1, 2, 3], // "Murphy Ave"
+            vec![1, 2],    // "Hollis"
+            vec![1, 2, 3], // "Hollis Ave"
             vec![1, 2, 3, 4],
             vec![5],
             vec![1, 6],

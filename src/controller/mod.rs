@@ -61,7 +61,7 @@ pub struct RegionText {
     /// The row of the image it sits on: regions with the same number share a row, as a
     /// receipt's "TOTAL ROUNDED" and its "33.90" do.
     pub row: usize,
-    /// Where, in image pixels: lines stacked in a column ("OFFICE" over "FOR LEASE") are
+    /// Where, in image pixels: lines stacked in a column ("OFFICE" over "FOR RENT") are
     /// answers together, and a document is told from a photo by how much text covers it.
     pub bbox: BBox,
     /// The agent's confidence in the text (0..1).

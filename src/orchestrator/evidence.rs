@@ -102,11 +102,11 @@ impl Evidence {
     /// place stands, and what a closer look could not confirm is set aside:
     /// - where a fresh text region and an older one cover the same place (overlapping by half
     ///   the smaller box) and read differently, the closer read stands if it is more
-    ///   confident by at least `gain` ("PANDA" 0.73 read small, "SPALDING" 0.93 magnified),
-    ///   else the older one does (a seven-segment "6:23" 0.72 that magnification blurs into
-    ///   "6:28" 0.76) — a closer look is not better by itself, and two readings of one place
-    ///   would both be offered as answers; a fresh reading the window's edge cut ("SAMSU" of
-    ///   "SAMSUNG") never replaces the older, whole one;
+    ///   confident by at least `gain` ("NOVA" 0.73 read small, "NOVALINE" 0.93 magnified),
+    ///   else the older one does (a seven-segment "4:51" 0.72 that magnification blurs into
+    ///   "4:57" 0.76) — a closer look is not better by itself, and two readings of one place
+    ///   would both be offered as answers; a fresh reading the window's edge cut ("KESTR" of
+    ///   "KESTREL") never replaces the older, whole one;
     /// - a new reading of a place nothing was read at before, read with less confidence than
     ///   `confident`, is unconfirmed: magnified, a photo's textures read as "NOONUN" or "SA";
     /// - an older reading under `confident` inside the window where the closer look read
@@ -344,10 +344,10 @@ mod tests {
             score,
             quad: None,
         };
-        let small = e.add("ocr", &f("PANDA", [882.0, 381.0, 925.0, 409.0], 0.73));
-        let other = e.add("ocr", &f("AntoTrader", [799.0, 378.0, 854.0, 400.0], 0.89));
-        let clock = e.add("ocr", &f("6:23", [731.0, 95.0, 769.0, 119.0], 0.72));
-        let zoomed = e.add("ocr", &f("SPALDING", [878.0, 383.0, 930.0, 407.0], 0.93));
+        let small = e.add("ocr", &f("NOVA", [882.0, 381.0, 925.0, 409.0], 0.73));
+        let other = e.add("ocr", &f("MILLBROOK", [799.0, 378.0, 854.0, 400.0], 0.89));
+        let clock = e.add("ocr", &f("4:51", [731.0, 95.0, 769.0, 119.0], 0.72));
+        let zoomed = e.add("ocr", &f("NOVALINE", [878.0, 383.0, 930.0, 407.0], 0.93));
         let window = BBox::new(840.0, 350.0, 960.0, 430.0);
         assert_eq!(
             e.settle(&window, std::slice::from_ref(&zoomed), 3, 0.1, 0.8),
@@ -358,8 +358,8 @@ mod tests {
             Some(zoomed.as_str())
         );
         assert!(e.get(&other).unwrap().stands());
-        // Magnified, the clock reads "6:28", hardly more confident: the first reading stands.
-        let blurred = e.add("ocr", &f("6:28", [732.0, 96.0, 770.0, 120.0], 0.76));
+        // Magnified, the clock reads "4:57", hardly more confident: the first reading stands.
+        let blurred = e.add("ocr", &f("4:57", [732.0, 96.0, 770.0, 120.0], 0.76));
         let window = BBox::new(659.0, 23.0, 841.0, 191.0);
         assert_eq!(
             e.settle(&window, std::slice::from_ref(&blurred), 4, 0.1, 0.8),
@@ -382,8 +382,8 @@ mod tests {
         assert_eq!(aside, [shop.clone(), texture.clone()]);
         assert!(e.get(&shop).unwrap().unconfirmed && e.get(&texture).unwrap().unconfirmed);
         // A word the window's edge cut, however confident, does not replace the whole one.
-        let whole = e.add("ocr", &f("SAMSUNG", [2088.0, 741.0, 2194.0, 765.0], 0.85));
-        let cut = e.add("ocr", &f("SAMSU", [2088.0, 741.0, 2160.0, 765.0], 0.99));
+        let whole = e.add("ocr", &f("KESTREL", [2088.0, 741.0, 2194.0, 765.0], 0.85));
+        let cut = e.add("ocr", &f("KESTR", [2088.0, 741.0, 2160.0, 765.0], 0.99));
         let window = BBox::new(1900.0, 600.0, 2160.0, 900.0);
         assert_eq!(
             e.settle(&window, std::slice::from_ref(&cut), 8, 0.1, 0.8),

@@ -150,7 +150,7 @@ fn nearby_text(b: &BBox, regions: &[Region]) -> String {
 }
 
 /// How close a word near a place must be to a word of the question for the question to
-/// point there (1 - edit distance / length: "WMT" for "WAIT" is 0.5, "PANEL" for "PANDA"
+/// point there (1 - edit distance / length: "WMT" for "WAIT" is 0.5, "STONE" for "STORM"
 /// 0.6).
 const POINTED: f32 = 0.6;
 

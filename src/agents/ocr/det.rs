@@ -120,8 +120,8 @@ impl Detector {
             stitched = Some(map);
         }
         // A photo in which detection found (almost) nothing may still hold text too small to
-        // leave any trace at the global pass's scale: the flag in flag.JPG, 20-pixel letters
-        // in a 4140-pixel photo. Only there is the cost (a detector pass per tile) paid.
+        // leave any trace at the global pass's scale: a flag's 20-pixel letters in a
+        // 4140-pixel photo. Only there is the cost (a detector pass per tile) paid.
         if opts.explore_tiles && global_boxes + quads.len() <= opts.explore_max_boxes {
             let explore: Vec<&Tile> = layout
                 .iter()
@@ -245,7 +245,7 @@ fn tile_layout(w: u32, h: u32, opts: &OcrOptions) -> (Vec<Tile>, f32) {
 
 /// An explored tile must have at least this share of edge pixels (see [`has_edges`]). Blank
 /// paper around a 300 dpi receipt has none (sroie-dev 023 and 024: 0.0-0.3%), while every
-/// tile of a street photo has several percent (flag.JPG: 7.6-21%, sky and clouds included).
+/// tile of a street photo has several percent (a house with a flag: 7.6-21%, sky and clouds included).
 const EXPLORE_MIN_EDGES: f32 = 0.01;
 /// A pixel is an edge when its grey level differs from its right and lower neighbours by
 /// this much together.

@@ -114,8 +114,8 @@ fn unclipped_height(rect: &Quad, ratio: f32) -> f32 {
 /// shrunk kernel of the text, and DB grows a box by `area * unclip_ratio / perimeter` a side,
 /// which for a line is about 0.3 of the grown height. So a lead's box is where the text is
 /// (as a line's box is), and a caller adds the context a zoom needs: the detector often sees
-/// only part of a word (on flag.JPG the map covers "WARRIO" and stops 2.2 text heights short
-/// of the word's end; nba.png's "SPALDING" was boxed as "PANDA").
+/// only part of a word (on a flag the map covered six of eight letters and stopped 2.2 text
+/// heights short of the word's end; a brand on a panel was boxed as its first half).
 const LEAD_MARGIN: f32 = 0.3;
 
 /// Blobs whose boxes come within this many text heights of each other are one lead: the

@@ -1,10 +1,9 @@
-//! Steep lines: a word running down (or up) the image, such as "WARRIORS" on the flag in
-//! flag.JPG.
+//! Steep lines: a word running down (or up) the image, such as a team's name down a flag.
 //!
 //! DB, trained mostly on horizontal text, often cuts such a word where two letters sit
-//! apart: read magnified 2.35-3.25x the flag's word came out as "WARRI" + "ORS",
-//! "WARRIO" + "RS" or "WARRIC" + "IORS" depending on the scale, while each reading of the
-//! whole word is "WARRIORS". A piece that continues a steep line along its own axis is
+//! apart: read magnified 2.35-3.25x, an eight-letter word down a flag came out in two pieces
+//! split after its fifth, sixth or seventh letter depending on the scale, while each reading
+//! of the whole word was right. A piece that continues a steep line along its own axis is
 //! joined to it before the line is cut out and read.
 
 use crate::vision::geometry::{min_area_rect, Quad};

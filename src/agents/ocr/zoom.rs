@@ -1,11 +1,12 @@
 //! Zoom: read a region magnified, for text too small for the detector at its native size.
 //!
 //! PP-OCRv5's detector finds little below about 20 pixels of text height, and reads a word
-//! at that size in pieces (the flag in `flag.JPG` gives "NARRI" at 1x, "WARRIORS" at 3x);
+//! at that size in pieces (a word down a flag read as its first five letters, one wrong, at
+//! 1x, and whole at 3x);
 //! the recogniser, which resizes every line to 48 pixels, is helped less. So a zoom crops
 //! the region, upsamples it with a bicubic filter and runs the same pipeline on it, then
 //! maps every box back to original-image pixels. It is not free: upsampling also blurs, and
-//! a seven-segment "6:23" read right at 1x reads "6:28" at 2-4x, so zooming is the caller's
+//! a seven-segment clock read right at 1x reads a wrong last digit at 2-4x, so zooming is the caller's
 //! choice per region, not a default.
 //!
 //! `auto` picks the scale from the text already there: a 1x detection pass over the region

@@ -4,7 +4,7 @@
 //!
 //! The scoring rule is that file's: an answer is right when, lower-cased and with everything
 //! but letters and digits removed, it contains one of `answers` treated the same way
-//! ("Coca Cola!" matches "coca-cola"); with `"match": "number"` it must contain the number as
+//! ("Lemon Lime!" matches "lemon-lime"); with `"match": "number"` it must contain the number as
 //! a whole token ("8", not "18"). Consecutive questions about one image share a session, so
 //! what was read for the first is reused, as in the REPL; earlier answers are not shown to
 //! later questions (`--history evidence`), so each question is scored on its own.
@@ -308,15 +308,15 @@ mod tests {
 
     #[test]
     fn answers_are_compared_on_letters_and_digits() {
-        assert!(right("Coca Cola!", &["coca-cola"], Match::Contains));
+        assert!(right("Lemon Lime!", &["lemon-lime"], Match::Contains));
         assert!(right(
-            "It says WARRIORS on the flag",
-            &["warriors"],
+            "It says HARBOUR on the flag",
+            &["harbour"],
             Match::Contains
         ));
-        assert!(right("Fallout3", &["fallout"], Match::Contains));
-        assert!(right("6:23", &["6:23"], Match::Contains));
-        assert!(!right("6:28", &["6:23"], Match::Contains));
+        assert!(right("Skyforge2", &["skyforge"], Match::Contains));
+        assert!(right("4:51", &["4:51"], Match::Contains));
+        assert!(!right("4:57", &["4:51"], Match::Contains));
         assert!(!right("I cannot tell", &["tiger"], Match::Contains));
         assert!(!right("", &["x"], Match::Contains));
     }
