@@ -278,10 +278,7 @@ mod tests {
             Asked::of("What word is printed on the clock?"),
             Asked::Words
         );
-        assert_eq!(
-            Asked::of("Which title is shown on the book?"),
-            Asked::Words
-        );
+        assert_eq!(Asked::of("Which title is shown on the book?"), Asked::Words);
         assert_eq!(
             Asked::of("Tell me the number of that player."),
             Asked::Number
