@@ -65,6 +65,14 @@ pub enum TraceEvent {
         zoom: Option<ZoomRecord>,
         elapsed_ms: f64,
     },
+    /// The loop narrowed the regions an answer may come from (e.g. to text of the colours
+    /// the question names).
+    Narrow {
+        step: usize,
+        why: String,
+        /// The regions still in view.
+        kept: Vec<String>,
+    },
     Answer {
         text: String,
         /// What the controller wrote before grounding.
@@ -294,6 +302,9 @@ pub fn show(events: &[TraceEvent]) -> String {
                 if regions.len() > 60 {
                     o.push_str(&format!("       … {} more\n", regions.len() - 60));
                 }
+            }
+            TraceEvent::Narrow { why, .. } => {
+                o.push_str(&format!("     narrowed to {}\n", clip(why, 200)));
             }
             TraceEvent::Answer {
                 text,

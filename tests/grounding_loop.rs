@@ -267,6 +267,7 @@ fn evidence_is_numbered_and_a_misread_answer_is_copied_from_its_region() {
             TraceEvent::Answer { .. } => "answer",
             TraceEvent::Repair { .. } => "repair",
             TraceEvent::Error { .. } => "error",
+            TraceEvent::Narrow { .. } => "narrow",
         })
         .collect();
     assert_eq!(kinds, ["question", "step", "tool", "step", "answer"]);
@@ -970,4 +971,123 @@ fn the_player_holding_the_ball_is_the_one_whose_box_holds_it() {
         "{calls:?}"
     );
     assert_eq!(offered_texts(&seen), ["8"]);
+}
+
+/// A wall (grey) with three painted plates, white letters on each: blue, orange and green.
+fn plates() -> (Image, Reader) {
+    let mut img = image::RgbImage::from_pixel(900, 300, image::Rgb([120, 120, 120]));
+    let plates: [(u32, [u8; 3]); 3] = [
+        (50, [30, 60, 170]),
+        (350, [235, 110, 30]),
+        (650, [40, 150, 60]),
+    ];
+    for (x0, plate) in plates {
+        for y in 80..200 {
+            for x in x0..x0 + 200 {
+                // White strokes on the plate: every fourth column of the lettering band.
+                let ink = (110..170).contains(&y) && (x0 + 20..x0 + 180).contains(&x) && x % 4 == 0;
+                img.put_pixel(x, y, image::Rgb(if ink { [250, 250, 250] } else { plate }));
+            }
+        }
+    }
+    let reader = Reader {
+        name: "reader",
+        lines: vec![
+            ("NORTHWIND", [70.0, 105.0, 230.0, 175.0]),
+            ("EASTGATE", [370.0, 105.0, 530.0, 175.0]),
+            ("GREENFIELD", [670.0, 105.0, 830.0, 175.0]),
+        ],
+        fail: false,
+        delay: Duration::ZERO,
+        zoomed: Vec::new(),
+        leads: Vec::new(),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    (Image::from_rgb(img), reader)
+}
+
+#[test]
+fn colour_words_narrow_the_answer_to_text_of_those_colours() {
+    let (img, reader) = plates();
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("NORTHWIND", &["r1"])),
+        Ok(answer("EASTGATE", &["r2"])),
+        Ok(answer("GREENFIELD", &["r3"])),
+        Ok(answer("GREENFIELD", &["r3"])),
+    ]);
+    let o = Orchestrator::builder()
+        .controller(c)
+        .max_steps(5)
+        .agent(reader)
+        .loop_agent_arc(Arc::new(
+            p2g::agents::colour::ColourAgent::embedded().unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let mut s = o.session(img, std::path::Path::new("wall.jpg"));
+    let rt = common::rt();
+    rt.block_on(s.ask(
+        "What is written in white on the blue panel?",
+        AskOptions::default(),
+    ))
+    .unwrap();
+    assert_eq!(offered_texts(&seen), ["NORTHWIND"]);
+    let narrowed: Vec<&TraceEvent> = s
+        .trace()
+        .iter()
+        .filter(|e| matches!(e, TraceEvent::Narrow { .. }))
+        .collect();
+    assert_eq!(narrowed.len(), 1, "{narrowed:?}");
+    rt.block_on(s.ask("Which name is on the orange sign?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(offered_texts(&seen), ["EASTGATE"]);
+    // No colour word, or one that matches no text: nothing is narrowed.
+    rt.block_on(s.ask("What is written on the wall?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(offered_texts(&seen).len(), 3);
+    rt.block_on(s.ask("What is on the purple sign?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(offered_texts(&seen).len(), 3);
+}
+
+#[test]
+fn a_colour_word_chooses_among_the_objects_a_question_names() {
+    // Two clocks and no position word: "the red clock" is the one whose pixels are red.
+    let mut img = image::RgbImage::from_pixel(2000, 1500, image::Rgb([200, 200, 200]));
+    for y in 120..380 {
+        for x in 1420..1680 {
+            img.put_pixel(x, y, image::Rgb([200, 30, 40]));
+        }
+    }
+    let (c, seen) = Scripted::new(vec![
+        Ok(call("reader", serde_json::json!({}))),
+        Ok(answer("QUARTZ", &["r3"])),
+    ]);
+    let finder = Finder {
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let o = Orchestrator::builder()
+        .controller(c)
+        .max_steps(5)
+        .agent(clock_reader())
+        .loop_agent_arc(Arc::new(finder))
+        .loop_agent_arc(Arc::new(
+            p2g::agents::colour::ColourAgent::embedded().unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let mut s = o.session(Image::from_rgb(img), std::path::Path::new("desk.jpg"));
+    let rt = common::rt();
+    rt.block_on(s.ask(
+        "What word is printed on the red clock?",
+        AskOptions::default(),
+    ))
+    .unwrap();
+    assert_eq!(offered_texts(&seen), ["QUARTZ"]);
+    // The colour was the clock's: the text was not narrowed by it.
+    assert!(!s
+        .trace()
+        .iter()
+        .any(|e| matches!(e, TraceEvent::Narrow { .. })));
 }

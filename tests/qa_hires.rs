@@ -311,3 +311,37 @@ fn a_colour_is_named_from_the_pixels_of_the_object() {
         .unwrap();
     assert!(drawn.answer.starts_with("I cannot tell"), "{drawn:?}");
 }
+
+#[test]
+fn colour_words_pick_the_text_of_those_colours() {
+    // The basketball photo holds white lettering on many signs: the question's colours say
+    // which (white on the blue panel, the orange sign), measured from the pixels.
+    let o = with_controller()
+        .agent(ocr())
+        .loop_agent_arc(std::sync::Arc::new(
+            p2g::agents::colour::ColourAgent::embedded().unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let (image, path) = photo("nba.png");
+    let mut s = o.session(image, &path);
+    let rt = common::rt();
+    let blue = rt
+        .block_on(s.ask(
+            "What brand name is written in white on the blue panel under the basket?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(blue.answer.to_uppercase(), "SPALDING", "{blue:?}");
+    let orange = rt
+        .block_on(s.ask(
+            "Which company's name is on the orange sign on the court?",
+            AskOptions::default(),
+        ))
+        .unwrap();
+    assert_eq!(orange.answer.to_uppercase(), "ORACLE", "{orange:?}");
+    assert!(s
+        .trace()
+        .iter()
+        .any(|e| matches!(e, TraceEvent::Narrow { .. })));
+}

@@ -16,6 +16,7 @@
 
 mod appearance;
 mod calls;
+mod colour_focus;
 pub mod evidence;
 mod objects;
 pub mod zoom;
@@ -275,6 +276,11 @@ pub struct Session<'o> {
     /// The objects the current question names, where found: answers come from the text
     /// inside them when there is any.
     object_focus: Vec<BBox>,
+    /// The text regions of the colours the current question names, when any match (see
+    /// `colour_focus`).
+    colour_focus: Option<Vec<String>>,
+    /// The basic colour names each text region shows, measured once.
+    region_colours: HashMap<String, std::collections::BTreeSet<String>>,
     trace: TraceSink,
 }
 
@@ -302,6 +308,8 @@ impl<'o> Session<'o> {
             evidence: Evidence::default(),
             call_regions: HashMap::new(),
             object_focus: Vec::new(),
+            colour_focus: None,
+            region_colours: HashMap::new(),
             leads: Vec::new(),
             zoomed: Vec::new(),
             trace: TraceSink::default(),
@@ -434,6 +442,19 @@ impl<'o> Session<'o> {
                 .regions()
                 .iter()
                 .any(|r| r.kind == FindingKind::Text && r.stands() && on_object(&r.bbox));
+        // Colour words narrow further to the text of those colours, when some of it is
+        // still in view.
+        let coloured = |id: &str| {
+            self.colour_focus
+                .as_ref()
+                .is_some_and(|ids| ids.iter().any(|i| i == id))
+        };
+        let by_colour = self.evidence.regions().iter().any(|r| {
+            r.stands()
+                && coloured(&r.id)
+                && focus.is_none_or(|f| inside(&r.bbox, &f))
+                && (!narrow || on_object(&r.bbox))
+        });
         self.evidence
             .regions()
             .iter()
@@ -441,6 +462,7 @@ impl<'o> Session<'o> {
             .filter(|(r, _)| r.stands())
             .filter(|(r, _)| focus.is_none_or(|f| inside(&r.bbox, &f)))
             .filter(|(r, _)| !narrow || (r.kind == FindingKind::Text && on_object(&r.bbox)))
+            .filter(|(r, _)| !by_colour || coloured(&r.id))
             .map(|(r, row)| RegionText {
                 id: r.id.clone(),
                 text: r.text.clone(),
@@ -470,6 +492,7 @@ impl<'o> Session<'o> {
             })
             .unwrap_or_default();
         self.object_focus.clear();
+        self.colour_focus = None;
         let mut objects_looked = false;
         if let Some(focus) = opts.region {
             // Referring: a question about a region is answered from what is read inside it,
@@ -493,6 +516,7 @@ impl<'o> Session<'o> {
             // The last step, or time is up: answer with what there is (but a first step may
             // still look: a text controller has nothing to answer from before it has).
             let last = step == max || (step > 1 && started.elapsed() >= self.orch.cfg.answer_by);
+            self.focus_on_colours(step, &question);
             let conv = self.conversation(current, opts.region, last);
             let Some(step_taken) = self
                 .decide(step, &conv, opts, &mut repaired)

@@ -6,16 +6,19 @@
 //! loop finds the objects the question names (the words the detector knows; a word asked
 //! *for* — "which game", "what kind of drink" — is not where to look), picks the one a
 //! position word points at ("left", "top"…), reads inside it magnified, and narrows the
-//! answer to the text on it when some was read there. An object the question names that is
+//! answer to the text on it when some was read there. A colour word before the name ("that
+//! black mug") chooses among several found. An object the question names that is
 //! not found, or found too many times to tell which, changes nothing.
 
 use serde_json::json;
 use tracing::Instrument;
 
 use super::calls::Caller;
+use super::colour_focus::colour_words;
 use super::zoom::ZoomSpent;
 use super::{AskOptions, Session, Turn};
 use crate::agents::{Capability, FindingKind};
+use crate::vision::colour::{dominant_colours, ColourOptions};
 use crate::vision::BBox;
 
 /// More objects of the named kind than this, with no position word to choose, and the
@@ -24,6 +27,27 @@ const MAX_NAMED: usize = 3;
 
 /// How far around a detected object its text is looked for, as a share of its longer side.
 const OBJECT_PAD: f32 = 0.08;
+
+/// A colour word before an object's name chooses the objects showing that colour in at
+/// least this share of their (background-discounted) pixels.
+const OBJECT_COLOUR_SHARE: f32 = 0.25;
+
+/// The colour words (basic terms) up to two words before a named object ("the black coffee
+/// mug").
+fn colours_before(question: &str, named: &[(usize, String)]) -> Vec<&'static str> {
+    let w = words(question);
+    let mut out = Vec::new();
+    for (i, _) in named {
+        for x in &w[i.saturating_sub(2)..*i] {
+            for c in colour_words(x) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
 
 /// Position words and the coordinate they choose an object by (lower is chosen).
 fn position_key(word: &str) -> Option<fn(&BBox) -> f32> {
@@ -219,7 +243,27 @@ impl Session<'_> {
             }
         }
         let words: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
-        let found = self.detected(step, agent.as_ref(), &words, opts).await;
+        let mut found = self.detected(step, agent.as_ref(), &words, opts).await;
+        // "that black mug" among six cups: the colour word chooses.
+        let colours = colours_before(question, &named);
+        if !colours.is_empty() && self.has_colour_agent() {
+            let opts = ColourOptions::default();
+            let matching: Vec<(String, BBox)> = found
+                .iter()
+                .filter(|(_, b)| {
+                    dominant_colours(self.image.rgb(), Some(*b), &opts).is_ok_and(|cs| {
+                        colours.iter().all(|w| {
+                            cs.iter()
+                                .any(|c| c.name == *w && c.share >= OBJECT_COLOUR_SHARE)
+                        })
+                    })
+                })
+                .cloned()
+                .collect();
+            if !matching.is_empty() {
+                found = matching;
+            }
+        }
         let position = named.iter().find_map(|(i, _)| position_near(question, *i));
         match position {
             Some(key) => found
