@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         ..SessionOptions::default()
     };
     let agent = LayoutAgent::load(&ModelSource::Store(store.clone()), &store, cfg)?;
-    let none = LayoutArgs { region: None };
+    let none = LayoutArgs::default();
     for path in &images {
         let image = Image::open(path.as_ref(), &LoadOptions::default())?;
         let out = agent.layout(&image, &none)?;

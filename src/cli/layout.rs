@@ -31,6 +31,11 @@ pub struct LayoutCmd {
     #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox)]
     region: Option<BBox>,
 
+    /// Only blocks of this kind (repeatable): a class name or a word for one ("title",
+    /// "heading", "table", "chart", "caption", "footer"…).
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<String>,
+
     /// Keep regions whose class score is above this (0..1; default 0.5).
     #[arg(long, value_name = "P")]
     score_threshold: Option<f32>,
@@ -73,7 +78,13 @@ pub fn run(cmd: LayoutCmd) -> Result<ExitCode> {
             max_pixels: cmd.max_pixels,
         },
     )?;
-    let mut out = agent.layout(&image, &LayoutArgs { region: cmd.region })?;
+    let mut out = agent.layout(
+        &image,
+        &LayoutArgs {
+            region: cmd.region,
+            kinds: (!cmd.kinds.is_empty()).then(|| cmd.kinds.clone()),
+        },
+    )?;
     // Users time the whole image, decoding included.
     out.elapsed_ms = started.elapsed().as_millis() as u64;
     let stdout = std::io::stdout();

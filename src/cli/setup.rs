@@ -48,8 +48,9 @@ pub struct LoopArgs {
     #[arg(long)]
     pub no_agents: bool,
 
-    /// Also offer the detector to the controller as a tool. By default the loop runs it on
-    /// its own for the objects a question names (a small controller misuses it).
+    /// Also offer the detector, colour and layout agents to the controller as tools. By
+    /// default the loop runs them on its own for the objects, colours and page blocks a
+    /// question names (a small controller misuses them).
     #[arg(long)]
     pub offer_detect: bool,
 
@@ -148,8 +149,10 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
             // The detector and the colour agent run on the loop's own policies (the objects
             // a question names, their colour); the embedded controller, offered the
             // detector, calls it with made-up arguments where it should read
-            // (`--offer-detect` offers both anyway).
-            let loop_only = ["detect", "colour"].contains(&agent.name()) && !args.offer_detect;
+            // (`--offer-detect` offers them anyway). The layout agent likewise: the loop
+            // asks it for the blocks a question about a document names.
+            let loop_only =
+                ["detect", "colour", "layout"].contains(&agent.name()) && !args.offer_detect;
             b = if loop_only {
                 b.loop_agent_arc(agent)
             } else {

@@ -218,6 +218,7 @@ impl Controller for EmbeddedController {
             let tools: Vec<String> = conv.tools.iter().map(|t| t.name.clone()).collect();
             let regions = conv.regions.clone();
             let must_answer = conv.must_answer;
+            let narrowed = conv.narrowed;
             let question = conv.question().map(str::to_string);
             let document = reads_as_document(
                 &conv.regions,
@@ -247,6 +248,7 @@ impl Controller for EmbeddedController {
                         must_answer,
                         observed,
                         document,
+                        narrowed,
                         neutral: neutral.as_deref(),
                         prompt_len: tokens.len(),
                     };
@@ -339,6 +341,8 @@ struct StepInput<'a> {
     observed: bool,
     /// The evidence reads as a document (document answer shapes apply).
     document: bool,
+    /// The regions were narrowed to where the question points.
+    narrowed: bool,
     /// The prompt with a neutral question, to calibrate answers against.
     neutral: Option<&'a [u32]>,
     /// Tokens of the prompt (before the step's own output).
@@ -502,7 +506,12 @@ fn extract(
         &texts,
         &settings.not_found,
         ChooseLimits {
-            margin: settings.margin,
+            margin: settings.margin
+                + if input.narrowed {
+                    settings.narrowed_margin
+                } else {
+                    0.0
+                },
             max_passes: settings.max_passes,
             window: settings.window,
             recheck: settings.recheck,

@@ -92,6 +92,10 @@ pub struct Conversation {
     /// The step budget is spent: the controller must answer now (tools stay listed so the
     /// prompt, and the KV cache behind it, stay the same).
     pub must_answer: bool,
+    /// The regions were narrowed to where the question points (a page block, an object or
+    /// colours it names): the answer is expected among them, so saying it is not there
+    /// needs a clearer lead (`narrowed_margin` in `prompts/answers.toml`).
+    pub narrowed: bool,
 }
 
 impl Conversation {

@@ -15,6 +15,7 @@
 //! and the conversation of one image, so follow-up questions reuse what was read.
 
 mod appearance;
+mod blocks;
 mod calls;
 mod colour_focus;
 pub mod evidence;
@@ -432,7 +433,7 @@ impl<'o> Session<'o> {
 
     /// The regions the controller may answer from: not superseded by a closer read and,
     /// for a question about a region, inside it.
-    fn answerable_regions(&self, focus: Option<BBox>) -> Vec<RegionText> {
+    fn answerable_regions(&self, focus: Option<BBox>) -> (Vec<RegionText>, bool) {
         // The objects a question names narrow the answer to the text on them, when some was
         // read there ("the word on the wall clock", "the game on the left monitor").
         let on_object = |b: &BBox| self.object_focus.iter().any(|o| inside(b, o));
@@ -455,7 +456,8 @@ impl<'o> Session<'o> {
                 && focus.is_none_or(|f| inside(&r.bbox, &f))
                 && (!narrow || on_object(&r.bbox))
         });
-        self.evidence
+        let regions = self
+            .evidence
             .regions()
             .iter()
             .zip(self.evidence.row_numbers())
@@ -470,7 +472,8 @@ impl<'o> Session<'o> {
                 bbox: r.bbox,
                 score: r.score,
             })
-            .collect()
+            .collect();
+        (regions, narrow || by_colour)
     }
 
     async fn run_loop(
@@ -499,15 +502,23 @@ impl<'o> Session<'o> {
             // read anew (magnified) when little was read there.
             self.read_region(focus, opts, &mut spent).await;
         }
-        // A follow-up about a photo: first the objects it names and the places it points at.
-        if !self.evidence.regions().is_empty() && !self.is_document() {
-            if opts.region.is_none() {
-                self.find_named_objects(0, &question, opts, &mut spent)
+        // A follow-up about a photo: first the objects it names and the places it points at;
+        // about a document, the blocks it names.
+        if !self.evidence.regions().is_empty() {
+            if self.is_document() {
+                if opts.region.is_none() {
+                    self.find_named_blocks(0, &question, opts, &mut spent).await;
+                    objects_looked = true;
+                }
+            } else {
+                if opts.region.is_none() {
+                    self.find_named_objects(0, &question, opts, &mut spent)
+                        .await;
+                    objects_looked = true;
+                }
+                self.zoom_round(0, &question, opts, &mut spent, Round::Pointed)
                     .await;
-                objects_looked = true;
             }
-            self.zoom_round(0, &question, opts, &mut spent, Round::Pointed)
-                .await;
         }
         for step in 1..=max {
             if Self::cancelled(opts) {
@@ -565,7 +576,13 @@ impl<'o> Session<'o> {
                     }
                     // A photo's places where text was seen but not read, or read weakly, are
                     // read magnified before the controller answers from the first pass.
-                    if !self.is_document() && started.elapsed() < self.orch.cfg.answer_by {
+                    if self.is_document() {
+                        if !objects_looked && opts.region.is_none() {
+                            self.find_named_blocks(step, &question, opts, &mut spent)
+                                .await;
+                            objects_looked = true;
+                        }
+                    } else if started.elapsed() < self.orch.cfg.answer_by {
                         if !objects_looked && opts.region.is_none() {
                             self.find_named_objects(step, &question, opts, &mut spent)
                                 .await;
@@ -588,11 +605,13 @@ impl<'o> Session<'o> {
 
     /// What the controller is given for one decision.
     fn conversation(&self, current: usize, focus: Option<BBox>, last: bool) -> Conversation {
+        let (regions, narrowed) = self.answerable_regions(focus);
         Conversation {
             image: self.facts.clone(),
             turns: self.visible_turns(current),
             tools: self.orch.offered().map(|a| a.definition()).collect(),
-            regions: self.answerable_regions(focus),
+            regions,
+            narrowed,
             visual: Vec::new(),
             // The last step may only answer.
             must_answer: last,

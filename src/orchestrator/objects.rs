@@ -50,7 +50,7 @@ fn colours_before(question: &str, named: &[(usize, String)]) -> Vec<&'static str
 }
 
 /// Position words and the coordinate they choose an object by (lower is chosen).
-fn position_key(word: &str) -> Option<fn(&BBox) -> f32> {
+pub(super) fn position_key(word: &str) -> Option<fn(&BBox) -> f32> {
     Some(match word {
         "left" | "leftmost" => |b: &BBox| b.x1 + b.x2,
         "right" | "rightmost" => |b: &BBox| -(b.x1 + b.x2),

