@@ -715,7 +715,9 @@ mod tests {
             serde_json::from_str::<LayoutArgs>("{}").unwrap(),
             LayoutArgs::default()
         );
-        assert!(serde_json::from_str::<LayoutArgs>(r#"{"kinds": ["table"]}"#).is_err());
+        let k: LayoutArgs = serde_json::from_str(r#"{"kinds": ["table"]}"#).unwrap();
+        assert_eq!(k.kinds, Some(vec!["table".to_string()]));
+        assert!(serde_json::from_str::<LayoutArgs>(r#"{"objects": ["table"]}"#).is_err());
         let cfg = LayoutConfig::embedded().expect("embedded manifest");
         assert_eq!(cfg.options, LayoutOptions::default());
         assert_eq!(manifest_classes(&cfg.manifest).unwrap().len(), 10);
