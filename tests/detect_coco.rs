@@ -206,11 +206,11 @@ fn without_npm_the_error_says_what_to_install_and_ocr_still_works() {
     assert!(matches!(e, ModelError::NpmMissing { .. }), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("npm") && msg.contains("OCR"), "{msg}");
-    // OCR and ONNX Runtime come from PyPI: with them cached, the agents load without npm,
-    // the detector left out with a warning.
+    // OCR, ONNX Runtime and the layout model come from PyPI: with them cached, the agents
+    // load without npm, the detector left out with a warning.
     let home = Store::open_default().unwrap();
     std::fs::create_dir_all(tmp.path().join("models")).unwrap();
-    for b in ["ocr", "onnxruntime"] {
+    for b in ["ocr", "onnxruntime", "layout"] {
         home.ensure(b).unwrap();
         std::os::unix::fs::symlink(home.bundle_dir(b), store.bundle_dir(b)).unwrap();
     }
@@ -221,5 +221,5 @@ fn without_npm_the_error_says_what_to_install_and_ocr_still_works() {
     )
     .unwrap();
     let names: Vec<String> = agents.iter().map(|a| a.definition().name).collect();
-    assert_eq!(names, ["ocr", "colour"]);
+    assert_eq!(names, ["ocr", "colour", "layout"]);
 }

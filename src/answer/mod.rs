@@ -149,8 +149,16 @@ impl Settings {
         if !s.window.is_finite() || s.window <= 0.0 {
             return Err("window must be a positive number of nats".into());
         }
-        if !s.margin.is_finite() || !(0.0..=1.0).contains(&s.document_min_coverage) {
-            return Err("margin must be a number and document_min_coverage within 0..1".into());
+        if !s.margin.is_finite()
+            || !s.narrowed_margin.is_finite()
+            || s.narrowed_margin < 0.0
+            || !(0.0..=1.0).contains(&s.document_min_coverage)
+        {
+            return Err(
+                "margin must be a number, narrowed_margin a number >= 0 and \
+                 document_min_coverage within 0..1"
+                    .into(),
+            );
         }
         if !(0.0..=1.0).contains(&s.calibration) || s.neutral_question.trim().is_empty() {
             return Err("calibration must be within 0..1, with a neutral_question".into());

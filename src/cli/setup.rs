@@ -51,7 +51,7 @@ pub struct LoopArgs {
     /// Also offer the detector, colour and layout agents to the controller as tools. By
     /// default the loop runs them on its own for the objects, colours and page blocks a
     /// question names (a small controller misuses them).
-    #[arg(long)]
+    #[arg(long, visible_alias = "offer-agents")]
     pub offer_detect: bool,
 
     /// Controller decisions per question; the last may only answer.

@@ -220,12 +220,14 @@ impl Controller for EmbeddedController {
             let must_answer = conv.must_answer;
             let narrowed = conv.narrowed;
             let question = conv.question().map(str::to_string);
-            let document = reads_as_document(
-                &conv.regions,
-                conv.image.width,
-                conv.image.height,
-                &self.cfg.prompts.answers,
-            );
+            let document = conv.document.unwrap_or_else(|| {
+                reads_as_document(
+                    &conv.regions,
+                    conv.image.width,
+                    conv.image.height,
+                    &self.cfg.prompts.answers,
+                )
+            });
             let observed = conv
                 .turns
                 .iter()

@@ -96,6 +96,10 @@ pub struct Conversation {
     /// colours it names): the answer is expected among them, so saying it is not there
     /// needs a clearer lead (`narrowed_margin` in `prompts/answers.toml`).
     pub narrowed: bool,
+    /// Whether the whole evidence reads as a document, when the loop judged it (it does when
+    /// it narrowed the regions, which alone may look like no document); else the controller
+    /// judges from `regions`.
+    pub document: Option<bool>,
 }
 
 impl Conversation {

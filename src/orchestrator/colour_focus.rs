@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 
 use super::appearance::asks_about_colour;
+use super::zoom::inside;
 use super::Session;
 use crate::agents::{Capability, FindingKind};
 use crate::trace::TraceEvent;
@@ -138,16 +139,23 @@ impl Session<'_> {
 
     /// Sets the colour focus for `question` (see the module docs): the standing text
     /// regions that show the most of its colour words, or none. A change is traced.
-    pub(super) fn focus_on_colours(&mut self, step: usize, question: &str) {
+    pub(super) fn focus_on_colours(&mut self, step: usize, question: &str, focus: Option<BBox>) {
         let wanted = self.text_colour_words(question);
         if wanted.is_empty() || !self.has_colour_agent() {
             self.colour_focus = None;
             return;
         }
         let _span = tracing::info_span!("colour_focus", step, words = ?wanted).entered();
+        // Only the text still in view: inside the question's region, and on the objects it
+        // names when those narrow the answer.
+        let on_objects = self.object_narrowing(focus);
+        let in_view = |b: &BBox| {
+            focus.is_none_or(|f| inside(b, &f))
+                && (!on_objects || self.object_focus.iter().any(|o| inside(b, o)))
+        };
         let mut scored: Vec<(String, usize, String)> = Vec::new();
         for r in self.evidence.regions() {
-            if r.kind != FindingKind::Text || !r.stands() {
+            if r.kind != FindingKind::Text || !r.stands() || !in_view(&r.bbox) {
                 continue;
             }
             let names = match self.region_colours.get(&r.id) {

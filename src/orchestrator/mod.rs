@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::agents::{DynAgent, FindingKind, Lead};
+use crate::agents::{Capability, DynAgent, FindingKind, Lead};
 use crate::controller::{
     AnswerSource, Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText,
     Step, StepContext, Turn,
@@ -434,15 +434,22 @@ impl<'o> Session<'o> {
     /// The regions the controller may answer from: not superseded by a closer read and,
     /// for a question about a region, inside it.
     fn answerable_regions(&self, focus: Option<BBox>) -> (Vec<RegionText>, bool) {
+        // A layout block's finding is its kind ("title", "table"), a label, not content.
+        let layout: Option<&str> = self
+            .orch
+            .agents
+            .iter()
+            .find(|a| a.capabilities().contains(&Capability::Layout))
+            .map(|a| a.name());
+        let content = |r: &Region| {
+            r.stands()
+                && !(r.kind == FindingKind::Object && Some(r.agent.as_str()) == layout)
+                && focus.is_none_or(|f| inside(&r.bbox, &f))
+        };
         // The objects a question names narrow the answer to the text on them, when some was
         // read there ("the word on the wall clock", "the game on the left monitor").
+        let narrow = self.object_narrowing(focus);
         let on_object = |b: &BBox| self.object_focus.iter().any(|o| inside(b, o));
-        let narrow = focus.is_none()
-            && self
-                .evidence
-                .regions()
-                .iter()
-                .any(|r| r.kind == FindingKind::Text && r.stands() && on_object(&r.bbox));
         // Colour words narrow further to the text of those colours, when some of it is
         // still in view.
         let coloured = |id: &str| {
@@ -450,19 +457,23 @@ impl<'o> Session<'o> {
                 .as_ref()
                 .is_some_and(|ids| ids.iter().any(|i| i == id))
         };
-        let by_colour = self.evidence.regions().iter().any(|r| {
-            r.stands()
-                && coloured(&r.id)
-                && focus.is_none_or(|f| inside(&r.bbox, &f))
-                && (!narrow || on_object(&r.bbox))
-        });
-        let regions = self
+        let by_colour = self
+            .evidence
+            .regions()
+            .iter()
+            .any(|r| content(r) && coloured(&r.id) && (!narrow || on_object(&r.bbox)));
+        let all = self
+            .evidence
+            .regions()
+            .iter()
+            .filter(|r| content(r))
+            .count();
+        let regions: Vec<RegionText> = self
             .evidence
             .regions()
             .iter()
             .zip(self.evidence.row_numbers())
-            .filter(|(r, _)| r.stands())
-            .filter(|(r, _)| focus.is_none_or(|f| inside(&r.bbox, &f)))
+            .filter(|(r, _)| content(r))
             .filter(|(r, _)| !narrow || (r.kind == FindingKind::Text && on_object(&r.bbox)))
             .filter(|(r, _)| !by_colour || coloured(&r.id))
             .map(|(r, row)| RegionText {
@@ -473,7 +484,20 @@ impl<'o> Session<'o> {
                 score: r.score,
             })
             .collect();
-        (regions, narrow || by_colour)
+        // Narrowed only if something was left out (a block of paragraphs may be the page).
+        let narrowed = (narrow || by_colour) && regions.len() < all;
+        (regions, narrowed)
+    }
+
+    /// Whether the objects (or page blocks) the question names narrow the answer: some text
+    /// that stands was read on them, and the question is not about a region.
+    fn object_narrowing(&self, focus: Option<BBox>) -> bool {
+        focus.is_none()
+            && self.evidence.regions().iter().any(|r| {
+                r.kind == FindingKind::Text
+                    && r.stands()
+                    && self.object_focus.iter().any(|o| inside(&r.bbox, o))
+            })
     }
 
     async fn run_loop(
@@ -527,7 +551,7 @@ impl<'o> Session<'o> {
             // The last step, or time is up: answer with what there is (but a first step may
             // still look: a text controller has nothing to answer from before it has).
             let last = step == max || (step > 1 && started.elapsed() >= self.orch.cfg.answer_by);
-            self.focus_on_colours(step, &question);
+            self.focus_on_colours(step, &question, opts.region);
             let conv = self.conversation(current, opts.region, last);
             let Some(step_taken) = self
                 .decide(step, &conv, opts, &mut repaired)
@@ -577,7 +601,10 @@ impl<'o> Session<'o> {
                     // A photo's places where text was seen but not read, or read weakly, are
                     // read magnified before the controller answers from the first pass.
                     if self.is_document() {
-                        if !objects_looked && opts.region.is_none() {
+                        if !objects_looked
+                            && opts.region.is_none()
+                            && started.elapsed() < self.orch.cfg.answer_by
+                        {
                             self.find_named_blocks(step, &question, opts, &mut spent)
                                 .await;
                             objects_looked = true;
@@ -606,12 +633,16 @@ impl<'o> Session<'o> {
     /// What the controller is given for one decision.
     fn conversation(&self, current: usize, focus: Option<BBox>, last: bool) -> Conversation {
         let (regions, narrowed) = self.answerable_regions(focus);
+        // Narrowed regions (one block of a page) do not show whether the image is a
+        // document: the whole evidence does.
+        let document = narrowed.then(|| self.is_document());
         Conversation {
             image: self.facts.clone(),
             turns: self.visible_turns(current),
             tools: self.orch.offered().map(|a| a.definition()).collect(),
             regions,
             narrowed,
+            document,
             visual: Vec::new(),
             // The last step may only answer.
             must_answer: last,

@@ -210,10 +210,17 @@ impl Session<'_> {
         else {
             return Vec::new();
         };
-        let named: Vec<(usize, String)> = object_words(question)
-            .into_iter()
+        let content = object_words(question);
+        // A colour word before a noun describes it ("the orange sign" names no orange).
+        let adjective = |i: usize, w: &str| {
+            !colour_words(w).is_empty() && content.iter().any(|(j, _)| *j == i + 1)
+        };
+        let named: Vec<(usize, String)> = content
+            .iter()
+            .filter(|(i, w)| !adjective(*i, w))
             .filter(|(_, w)| agent.knows(w) != Some(false))
             .take(4)
+            .cloned()
             .collect();
         if named.is_empty() || Self::cancelled(opts) {
             return Vec::new();
@@ -245,8 +252,9 @@ impl Session<'_> {
         let words: Vec<&str> = named.iter().map(|(_, w)| w.as_str()).collect();
         let mut found = self.detected(step, agent.as_ref(), &words, opts).await;
         // "that black mug" among six cups: the colour word chooses.
+        // (With one object named: the boxes found do not say which name they answer.)
         let colours = colours_before(question, &named);
-        if !colours.is_empty() && self.has_colour_agent() {
+        if named.len() == 1 && !colours.is_empty() && self.has_colour_agent() {
             let opts = ColourOptions::default();
             let matching: Vec<(String, BBox)> = found
                 .iter()

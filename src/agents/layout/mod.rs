@@ -503,9 +503,12 @@ impl Inner {
             .filter(|k| kinds.contains(&format!("{k}_caption")))
             .cloned()
             .collect();
-        if !owners.is_empty() {
-            kinds.retain(|k| owners.iter().any(|o| *k == format!("{o}_caption")));
-        }
+        kinds.retain(|k| {
+            !owners.contains(k)
+                && (!k.ends_with("_caption")
+                    || owners.is_empty()
+                    || owners.iter().any(|o| *k == format!("{o}_caption")))
+        });
         self.model
             .classes
             .iter()
@@ -519,6 +522,24 @@ impl Inner {
         let _span =
             tracing::info_span!("layout.run", width = image.width(), height = image.height())
                 .entered();
+        let wanted: Option<Vec<String>> = match args.kinds.as_deref() {
+            None | Some([]) => None,
+            Some(asked) => {
+                let kinds = self.kinds_for(asked);
+                if kinds.is_empty() {
+                    return Err(AgentError::Arguments {
+                        agent: "layout".into(),
+                        reason: format!(
+                            "no block kind is called {}; the kinds are {} (and words for them: \
+                             heading, chart, caption, …)",
+                            asked.join(", "),
+                            self.model.classes.join(", ")
+                        ),
+                    });
+                }
+                Some(kinds)
+            }
+        };
         let (view, offset) = super::region_view(image, args.region.as_ref(), "layout")?;
         let rgb = view.as_ref().unwrap_or(image.rgb());
         let m = &self.model;
@@ -562,19 +583,7 @@ impl Inner {
             })
             .filter(|r| r.bbox.width() > 0.0 && r.bbox.height() > 0.0)
             .collect();
-        if let Some(asked) = &args.kinds {
-            let kinds = self.kinds_for(asked);
-            if kinds.is_empty() {
-                return Err(AgentError::Arguments {
-                    agent: "layout".into(),
-                    reason: format!(
-                        "no block kind is called {}; the kinds are {} (and words for them: \
-                         heading, chart, caption, …)",
-                        asked.join(", "),
-                        m.classes.join(", ")
-                    ),
-                });
-            }
+        if let Some(kinds) = &wanted {
             regions.retain(|r| kinds.contains(&r.kind));
         }
         regions.sort_by(|a, b| {
@@ -615,8 +624,12 @@ impl Agent for LayoutAgent {
         vec![super::Capability::Layout]
     }
 
+    /// Only the manifest's words: a bare class name such as "text" is too common a word
+    /// to mean a block (the `kinds` argument still takes class names).
     fn knows(&self, phrase: &str) -> Option<bool> {
-        Some(!self.kinds_for(&[phrase.to_string()]).is_empty())
+        let p = phrase.trim().to_lowercase();
+        let singular = p.strip_suffix('s').unwrap_or(&p);
+        Some(self.inner.words.contains_key(&p) || self.inner.words.contains_key(singular))
     }
 
     fn findings(&self, output: &LayoutOutput) -> Vec<Finding> {
