@@ -10,6 +10,7 @@ pub mod crop;
 pub mod draw;
 pub mod geometry;
 mod image;
+pub mod mmproj;
 pub mod tiling;
 
 pub use self::image::{Image, LoadOptions, DEFAULT_MAX_PIXELS};
