@@ -5,7 +5,7 @@
 //!
 //! `tiny_image_preprocessed_mlp.png` is the reference's preprocessed image (its
 //! `--dump-stages` `img0_u8.npy`, the 40x30 `tiny_image.png` resized and padded to 28x28 as
-//! clip.cpp does): this test checks the tower and projector, not the resize.
+//! clip.cpp does): the tower and projector are checked on it, and the resize against it.
 
 mod common;
 
@@ -64,6 +64,38 @@ fn difference(got: &[f32], want: &[f32]) -> f32 {
         .zip(want)
         .map(|(g, w)| (g - w).abs() / scale)
         .fold(0f32, f32::max)
+}
+
+#[test]
+fn the_resize_is_clip_cpps_to_the_byte_and_the_whole_path_matches() {
+    let m = Mmproj::load(&dir().join("tiny_mmproj_mlp.gguf")).unwrap();
+    let raw = image::open(dir().join("tiny_image.png")).unwrap().to_rgb8();
+    let want = image::open(dir().join("tiny_image_preprocessed_mlp.png"))
+        .unwrap()
+        .to_rgb8();
+    let got = m.preprocess(&raw).unwrap();
+    assert_eq!(got.dimensions(), (28, 28));
+    let differing = got
+        .pixels()
+        .zip(want.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "pixels differing from clip.cpp's resize");
+    // A tall image and one smaller than the tower's input (upscaled), made and resized by
+    // the reference (`--synthetic WxH --write-synthetic --dump-stages`).
+    for name in ["synthetic_23x61", "synthetic_10x7"] {
+        let raw = image::open(dir().join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        let want = image::open(dir().join(format!("{name}_preprocessed_mlp.png")))
+            .unwrap()
+            .to_rgb8();
+        assert!(m.preprocess(&raw).unwrap() == want, "{name}");
+    }
+    let out = m.encode(&m.normalise(&got).unwrap()).unwrap();
+    let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    let (_, want) = reference("reference_mlp.json");
+    assert!(difference(&got, &want) < 1e-3);
 }
 
 #[test]

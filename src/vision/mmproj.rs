@@ -14,8 +14,10 @@
 //! swap is detected from the shapes, as clip.cpp does. Other projector types are a clear
 //! error naming what is supported.
 //!
-//! The input is the preprocessed image: planar RGB, `clip.vision.image_size` square,
-//! normalised with the file's mean and std. The reference is `benches/mmproj_reference.py`
+//! [`Mmproj::preprocess`] does clip.cpp's fixed-size preprocessing for this projector (its
+//! own bicubic resize, aspect kept, centred on LLaVA's pad colour) to the byte;
+//! [`Mmproj::normalise`] makes the planar RGB tensor `encode` takes, normalised with the
+//! file's mean and std. The reference is `benches/mmproj_reference.py`
 //! (numpy, following clip.cpp step by step, itself checked against llama.cpp's clip code);
 //! `tests/mmproj.rs` checks this module against its numbers.
 
@@ -430,6 +432,20 @@ impl Mmproj {
         x.add(&b.down.forward(&y)?)
     }
 
+    /// An image as clip.cpp's fixed-size preprocessing for this projector gives it to the
+    /// tower: resized bicubically keeping its aspect ratio, centred on an `image_size`
+    /// square of LLaVA's pad colour.
+    pub fn preprocess(&self, rgb: &image::RgbImage) -> Result<image::RgbImage, MmprojError> {
+        let s = self.config.image_size as u32;
+        if rgb.width() == 0 || rgb.height() == 0 {
+            return Err(MmprojError::Invalid {
+                path: PathBuf::new(),
+                reason: "the image has no pixels".into(),
+            });
+        }
+        Ok(resize_padded(rgb, s, s, LLAVA_PAD))
+    }
+
     /// The preprocessed tensor for an RGB image already `image_size` square:
     /// `(value / 255 - mean) / std`, planar.
     pub fn normalise(&self, rgb: &image::RgbImage) -> Result<Tensor, MmprojError> {
@@ -475,4 +491,87 @@ fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Quick GELU: `x·σ(1.702x)` (ggml_gelu_quick).
 fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?)
+}
+
+/// The colour clip.cpp pads LLaVA images with (the CLIP mean, in bytes).
+const LLAVA_PAD: [u8; 3] = [122, 116, 104];
+
+/// clip.cpp's `img_tool::resize` with padding: the aspect-preserving size (f32 arithmetic,
+/// rounded up, at most the target), resized bicubically, centred on a `pad` canvas.
+fn resize_padded(img: &image::RgbImage, tw: u32, th: u32, pad: [u8; 3]) -> image::RgbImage {
+    let (nx, ny) = img.dimensions();
+    if (nx, ny) == (tw, th) {
+        return img.clone();
+    }
+    let scale = (tw as f32 / nx as f32).min(th as f32 / ny as f32);
+    let new_w = ((nx as f32 * scale).ceil() as u32).clamp(1, tw);
+    let new_h = ((ny as f32 * scale).ceil() as u32).clamp(1, th);
+    let resized = resize_bicubic(img, new_w, new_h);
+    let mut out = image::RgbImage::from_pixel(tw, th, image::Rgb(pad));
+    let (ox, oy) = ((tw - new_w) / 2, (th - new_h) / 2);
+    for (x, y, p) in resized.enumerate_pixels() {
+        out.put_pixel(x + ox, y + oy, *p);
+    }
+    out
+}
+
+/// clip.cpp's `img_tool::resize_bicubic`, with its float and double arithmetic, so the
+/// bytes match llama.cpp's (the reference's port of it is bit-identical to the C++).
+fn resize_bicubic(img: &image::RgbImage, tw: u32, th: u32) -> image::RgbImage {
+    let (nx, ny) = (img.width() as i64, img.height() as i64);
+    let tx = nx as f32 / tw as f32;
+    let ty = ny as f32 / th as f32;
+    let coeffs = |d0: f64, d2: f64, d3: f64| -> (f32, f32, f32) {
+        (
+            (-1.0 / 3.0 * d0 + d2 - 1.0 / 6.0 * d3) as f32,
+            (1.0 / 2.0 * d0 + 1.0 / 2.0 * d2) as f32,
+            (-1.0 / 6.0 * d0 - 1.0 / 2.0 * d2 + 1.0 / 6.0 * d3) as f32,
+        )
+    };
+    let poly = |a0: f32, (a1, a2, a3): (f32, f32, f32), d: f32| -> f32 {
+        ((a0 + a1 * d) + (a2 * d) * d) + ((a3 * d) * d) * d
+    };
+    let px = |x: i64, y: i64, c: usize| -> i64 {
+        img.get_pixel(x.clamp(0, nx - 1) as u32, y.clamp(0, ny - 1) as u32)[c] as i64
+    };
+    let mut out = image::RgbImage::new(tw, th);
+    for i in 0..th {
+        let fy = ty * i as f32;
+        let y = fy as i64;
+        let dy = fy - y as f32;
+        for j in 0..tw {
+            let fx = tx * j as f32;
+            let x = fx as i64;
+            let dx = fx - x as f32;
+            let mut rgb = [0u8; 3];
+            for (k, v) in rgb.iter_mut().enumerate() {
+                let mut col = [0f32; 4];
+                for (jj, cj) in col.iter_mut().enumerate() {
+                    let yy = y - 1 + jj as i64;
+                    let p: [i64; 4] = [
+                        px(x - 1, yy, k),
+                        px(x, yy, k),
+                        px(x + 1, yy, k),
+                        px(x + 2, yy, k),
+                    ];
+                    let a = coeffs(
+                        (p[0] - p[1]) as f64,
+                        (p[2] - p[1]) as f64,
+                        (p[3] - p[1]) as f64,
+                    );
+                    *cj = poly(p[1] as f32, a, dx);
+                }
+                let a = coeffs(
+                    (col[0] - col[1]) as f64,
+                    (col[2] - col[1]) as f64,
+                    (col[3] - col[1]) as f64,
+                );
+                let c = poly(col[1], a, dy) as f64;
+                // std::round: half away from zero.
+                *v = (c.signum() * (c.abs() + 0.5).floor()).clamp(0.0, 255.0) as u8;
+            }
+            out.put_pixel(j, i, image::Rgb(rgb));
+        }
+    }
+    out
 }
