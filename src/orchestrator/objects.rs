@@ -141,7 +141,7 @@ fn relation(question: &str, named: &[(usize, String)]) -> Option<(String, Relati
 }
 
 /// Lower-case words of the question.
-fn words(question: &str) -> Vec<String> {
+pub(super) fn words(question: &str) -> Vec<String> {
     question
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -289,8 +289,7 @@ impl Session<'_> {
         }
     }
 
-    /// The objects `agent` finds for `objects` (one call; an earlier identical call's
-    /// results stand), as region ids and boxes, best first.
+    /// The objects `agent` finds for `objects`, as region ids and boxes, best first.
     async fn detected(
         &mut self,
         step: usize,
@@ -298,12 +297,26 @@ impl Session<'_> {
         objects: &[&str],
         opts: &AskOptions,
     ) -> Vec<(String, BBox)> {
-        let arguments = json!({ "objects": objects });
+        let span = tracing::info_span!("objects", step, objects = ?objects);
+        self.located(step, agent, json!({ "objects": objects }), opts, span)
+            .await
+    }
+
+    /// The loop's own call of a locating agent (a detector, the layout agent) with
+    /// `arguments`: one call, an earlier identical call's results standing; the objects it
+    /// returned as region ids and boxes, best first.
+    pub(super) async fn located(
+        &mut self,
+        step: usize,
+        agent: &dyn crate::agents::DynAgent,
+        arguments: serde_json::Value,
+        opts: &AskOptions,
+        span: tracing::Span,
+    ) -> Vec<(String, BBox)> {
         let name = agent.name().to_string();
         let ids = match self.call_regions.get(&format!("{name} {arguments}")) {
             Some(ids) => ids.clone(),
             None => {
-                let span = tracing::info_span!("objects", step, objects = ?objects);
                 let called = self
                     .call(step, &name, arguments.clone(), opts, None, Caller::Loop)
                     .instrument(span)

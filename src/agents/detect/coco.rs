@@ -113,19 +113,7 @@ impl CocoDetectAgent {
     /// present; from the store it is fetched if missing, and a failed fetch (no npm, no
     /// network) is a warning: the agent is then not offered, and the error says what to do.
     pub fn obtainable(source: &ModelSource, manifest: &AgentManifest) -> bool {
-        let (Ok(bundle), Ok(model)) = (manifest.bundle(), manifest.model_file("model")) else {
-            return false;
-        };
-        match source {
-            ModelSource::Dir(dir) => dir.join(model).is_file(),
-            ModelSource::Store(s) => match s.ensure(bundle) {
-                Ok(_) => true,
-                Err(e) => {
-                    eprintln!("p2g: warning: the detect agent is not offered: {e}");
-                    false
-                }
-            },
-        }
+        crate::agents::model_obtainable(source, manifest, "detect")
     }
 
     /// Loads NanoDet from `source` (fetching and converting it on first use: this needs npm).

@@ -384,19 +384,7 @@ impl LayoutAgent {
     /// missing, and a failed fetch, e.g. no pip or no network, is a warning: the agent is
     /// then left out, since reading does not need it).
     pub fn obtainable(source: &ModelSource, manifest: &AgentManifest) -> bool {
-        let (Ok(bundle), Ok(model)) = (manifest.bundle(), manifest.model_file("model")) else {
-            return false;
-        };
-        match source {
-            ModelSource::Dir(dir) => dir.join(model).is_file(),
-            ModelSource::Store(s) => match s.ensure(bundle) {
-                Ok(_) => true,
-                Err(e) => {
-                    eprintln!("p2g: warning: the layout agent is left out: {e}");
-                    false
-                }
-            },
-        }
+        super::model_obtainable(source, manifest, "layout")
     }
 
     /// The block kinds `words` name (class names, or words for them), in class order. A
