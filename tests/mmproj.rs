@@ -9,7 +9,7 @@
 
 mod common;
 
-use p2g::vision::mmproj::{Mmproj, MmprojError};
+use p2g::vision::mmproj::{Mmproj, MmprojError, ProjectorKind};
 
 fn dir() -> std::path::PathBuf {
     common::fixture("mmproj")
@@ -37,7 +37,7 @@ fn reference(name: &str) -> (Vec<usize>, Vec<f32>) {
 #[test]
 fn the_mlp_tower_matches_the_clip_cpp_reference() {
     let m = Mmproj::load(&dir().join("tiny_mmproj_mlp.gguf")).unwrap();
-    assert_eq!(m.config.projector, "mlp");
+    assert_eq!(m.config.projector, ProjectorKind::Mlp);
     assert_eq!(m.tokens_per_image(), 4);
     assert_eq!(m.embedding_width(), 48);
     let rgb = image::open(dir().join("tiny_image_preprocessed_mlp.png"))
@@ -100,12 +100,22 @@ fn the_resize_is_clip_cpps_to_the_byte_and_the_whole_path_matches() {
 
 #[test]
 fn unsupported_corrupt_and_wrong_inputs_are_clear_errors() {
-    let e = Mmproj::load(&dir().join("tiny_mmproj_resampler.gguf"))
-        .err()
-        .unwrap();
-    assert!(matches!(e, MmprojError::Projector { .. }), "{e}");
-    assert!(e.to_string().contains("resampler") && e.to_string().contains("mlp"));
     let tmp = tempfile::tempdir().unwrap();
+    // The resampler file with another projector type written in its metadata.
+    let mut bytes = std::fs::read(dir().join("tiny_mmproj_resampler.gguf")).unwrap();
+    let key = b"clip.projector_type";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // The value: its type (u32), its length (u64), then the text.
+    bytes[at + 12..at + 12 + 9].copy_from_slice(b"idefics3_");
+    let other = tmp.path().join("other.gguf");
+    std::fs::write(&other, &bytes).unwrap();
+    let e = Mmproj::load(&other).err().unwrap();
+    assert!(matches!(e, MmprojError::Projector { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("idefics3_") && msg.contains("resampler") && msg.contains("mlp"),
+        "{msg}"
+    );
     let bytes = std::fs::read(dir().join("tiny_mmproj_mlp.gguf")).unwrap();
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -127,4 +137,39 @@ fn unsupported_corrupt_and_wrong_inputs_are_clear_errors() {
     )
     .unwrap();
     assert!(m.encode(&wrong).is_err());
+}
+
+#[test]
+fn the_resampler_matches_the_clip_cpp_reference_on_the_overview_image() {
+    let m = Mmproj::load(&dir().join("tiny_mmproj_resampler.gguf")).unwrap();
+    assert_eq!(m.config.projector, ProjectorKind::Resampler);
+    assert_eq!(m.tokens_per_image(), 4);
+    assert_eq!(m.embedding_width(), 128);
+    let raw = image::open(dir().join("tiny_image.png")).unwrap().to_rgb8();
+    let ready = m.preprocess(&raw).unwrap();
+    // mtmd's llava-uhd overview of a 40x30 image for a 28-pixel tower: 28x28, bilinear.
+    assert_eq!(ready.dimensions(), (28, 28));
+    let text = std::fs::read_to_string(dir().join("reference_resampler.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let overview = &v["images"][0];
+    assert_eq!(overview["role"], "overview");
+    use sha2::Digest;
+    let sha = format!("{:x}", sha2::Sha256::digest(ready.as_raw()));
+    assert_eq!(overview["preprocessed_u8_sha256"], sha.as_str());
+    let (tokens, _) = m.embed(&raw).unwrap();
+    assert_eq!(tokens.dims(), [4, 128]);
+    let got: Vec<f32> = tokens.flatten_all().unwrap().to_vec1().unwrap();
+    let (_, all) = reference("reference_resampler.json");
+    // The overview's rows come first (tokens [0, 4)).
+    let want = &all[..4 * 128];
+    let worst = difference(&got, want);
+    eprintln!("resampler: largest difference from the reference: {worst:.2e} (relative)");
+    assert!(worst < 1e-3, "max difference {worst}");
+    // A non-square image gets a non-square grid and still the resampler's 4 tokens.
+    let wide = image::RgbImage::from_fn(90, 30, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 8) as u8, 90])
+    });
+    let ready = m.preprocess(&wide).unwrap();
+    assert_eq!(ready.dimensions(), (42, 14));
+    assert_eq!(m.embed(&wide).unwrap().0.dims(), [4, 128]);
 }
