@@ -65,6 +65,14 @@ pub enum TraceEvent {
         zoom: Option<ZoomRecord>,
         elapsed_ms: f64,
     },
+    /// The images a vision-language controller was shown for one decision: P²G's policy
+    /// (MLP or resampler per image) and the visual tokens it cost.
+    Visual {
+        step: usize,
+        images: Vec<crate::controller::ShownImage>,
+        /// Visual tokens in all.
+        tokens: usize,
+    },
     /// The loop narrowed the regions an answer may come from (e.g. to text of the colours
     /// the question names).
     Narrow {
@@ -302,6 +310,23 @@ pub fn show(events: &[TraceEvent]) -> String {
                 if regions.len() > 60 {
                     o.push_str(&format!("       … {} more\n", regions.len() - 60));
                 }
+            }
+            TraceEvent::Visual { images, tokens, .. } => {
+                let each: Vec<String> = images
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{} {} {}",
+                            i.region.as_deref().unwrap_or("image"),
+                            i.encoder,
+                            i.tokens
+                        )
+                    })
+                    .collect();
+                o.push_str(&format!(
+                    "     shown {tokens} visual tokens: {}\n",
+                    clip(&each.join(", "), 300)
+                ));
             }
             TraceEvent::Narrow { why, .. } => {
                 o.push_str(&format!("     narrowed to {}\n", clip(why, 200)));

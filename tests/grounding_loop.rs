@@ -71,6 +71,7 @@ impl Controller for Scripted {
                     how: None,
                     quoted: false,
                     source: self.source,
+                    shown: Vec::new(),
                 }),
                 Err(reason) => Err(ControllerError::Malformed {
                     output: "<tool_call>{oops".into(),

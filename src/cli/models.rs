@@ -118,17 +118,39 @@ pub fn run(cmd: ModelsCmd) -> Result<ExitCode> {
         ModelsCmd::Add { bundle, dir } => {
             let staged = store.stage(&bundle, &dir)?;
             // Only a model the agent can load is added; a model added before stays otherwise.
-            if bundle == "grounding-dino" {
-                let cfg = DetectConfig::embedded()?;
-                if let Err(e) = DetectAgent::load(&ModelSource::Dir(staged), &store, cfg) {
-                    store.discard_staged(&bundle);
-                    anyhow::bail!("{} was not added: {e}", dir.display());
+            let checked: Result<(), String> = match bundle.as_str() {
+                "grounding-dino" => {
+                    let cfg = DetectConfig::embedded()?;
+                    DetectAgent::load(&ModelSource::Dir(staged.clone()), &store, cfg)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
                 }
+                "llava" => p2g::controller::llava::load(
+                    &staged.join("model.gguf"),
+                    &staged.join("mmproj.gguf"),
+                    p2g::controller::embedded::EmbeddedConfig::new(
+                        p2g::controller::prompt::Prompts::embedded()?,
+                    ),
+                    Default::default(),
+                )
+                .map(drop)
+                .map_err(|e| e.to_string()),
+                _ => Ok(()),
+            };
+            if let Err(e) = checked {
+                store.discard_staged(&bundle);
+                anyhow::bail!("{} was not added: {e}", dir.display());
             }
             for path in store.commit_staged(&bundle)? {
                 eprintln!("p2g: added {}", path.display());
             }
-            eprintln!("p2g: `{bundle}` is ready; `p2g detect IMAGE \"phrase . phrase\"` uses it and controllers are offered the detect tool");
+            if bundle == "llava" {
+                eprintln!(
+                    "p2g: `llava` is ready; `p2g ask --controller llava IMAGE QUESTION` uses it"
+                );
+            } else {
+                eprintln!("p2g: `{bundle}` is ready; `p2g detect IMAGE \"phrase . phrase\"` uses it and controllers are offered the detect tool");
+            }
             Ok(ExitCode::SUCCESS)
         }
         ModelsCmd::Path { bundle } => {

@@ -21,6 +21,9 @@ pub enum ControllerArg {
     Qwen,
     /// SmolLM2-135M-Instruct: smaller and faster, much weaker.
     Smollm2,
+    /// A vision-language pair that sees the image and the agents' crops: --controller-model
+    /// LLM.gguf --mmproj MMPROJ.gguf, or the folder added with `p2g models add llava DIR`.
+    Llava,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,9 +39,19 @@ pub struct LoopArgs {
     #[arg(long, value_enum, default_value = "qwen")]
     pub controller: ControllerArg,
 
-    /// A GGUF chat model (qwen2 or llama architecture) to use as the controller instead.
+    /// A GGUF chat model (qwen2 or llama architecture) to use as the controller instead; with
+    /// `--controller llava`, the language model of the pair.
     #[arg(long, value_name = "FILE.gguf")]
     pub controller_model: Option<PathBuf>,
+
+    /// The llama.cpp mmproj file (vision tower + projector) of a `--controller llava` pair.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub mmproj: Option<PathBuf>,
+
+    /// With `--controller llava` on an MLP-only mmproj: the side k of the parameter-free
+    /// resampler (images it resamples take k x k tokens).
+    #[arg(long, value_name = "K", default_value_t = p2g::controller::llava::DEFAULT_POOL)]
+    pub pool: usize,
 
     /// Prompt templates overriding the built-in ones (see prompts/README.md); also P2G_PROMPTS.
     #[arg(long, value_name = "DIR", env = "P2G_PROMPTS")]
@@ -115,16 +128,36 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     let choice = match args.controller {
         ControllerArg::Qwen => ControllerChoice::Qwen,
         ControllerArg::Smollm2 => ControllerChoice::Smollm2,
+        ControllerArg::Llava => ControllerChoice::Qwen,
     };
-    let controller = match &args.controller_model {
-        Some(path) => {
+    if args.mmproj.is_some() && args.controller != ControllerArg::Llava {
+        anyhow::bail!("--mmproj is for --controller llava (a vision-language pair)");
+    }
+    let controller = match (&args.controller_model, args.controller) {
+        (_, ControllerArg::Llava) => {
+            let (llm, mmproj) = match (&args.controller_model, &args.mmproj) {
+                (Some(l), Some(m)) => (l.clone(), m.clone()),
+                (None, None) => (
+                    source.file("llava", "model.gguf")?,
+                    source.file("llava", "mmproj.gguf")?,
+                ),
+                _ => anyhow::bail!(
+                    "--controller llava needs both --controller-model LLM.gguf and --mmproj \
+                     MMPROJ.gguf (or neither, to use the pair added with `p2g models add llava \
+                     DIR`; README, \"Vision-language models\")"
+                ),
+            };
+            let vision = p2g::controller::llava::VisionConfig { pool: args.pool };
+            p2g::controller::llava::load(&llm, &mmproj, cfg, vision)
+        }
+        (Some(path), _) => {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "custom".into());
             EmbeddedController::from_file(path, &name, cfg)
         }
-        None => EmbeddedController::load(choice, &source, cfg),
+        (None, _) => EmbeddedController::load(choice, &source, cfg),
     }
     .context("cannot load the controller model")?;
     let mut b = Orchestrator::builder()

@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use super::llava::{Shown, Vision};
 use super::llm::prompt_cache::PromptCache;
 use super::llm::{LanguageModel, LlmError, Session};
 use super::parse::parse_decision;
-use super::prompt::{render_conversation, Prompts};
+use super::prompt::{render_conversation, ImageSlots, Prompts};
 use super::{
     AnswerSource, Citation, Controller, ControllerError, Conversation, Decision, RegionText, Step,
     StepContext,
@@ -111,6 +112,8 @@ pub struct EmbeddedController {
     lm: Arc<LanguageModel>,
     session: Arc<Mutex<Session>>,
     cfg: Arc<EmbeddedConfig>,
+    /// The vision side of a vision-language pair ([`super::llava`]); `None`: text only.
+    vision: Option<Arc<Vision>>,
 }
 
 impl std::fmt::Debug for EmbeddedController {
@@ -149,12 +152,23 @@ impl EmbeddedController {
             }
             .into());
         }
+        Self::from_model(lm, name, cfg, None)
+    }
+
+    /// A controller on a loaded model, with eyes when `vision` is given.
+    pub(crate) fn from_model(
+        lm: LanguageModel,
+        name: &str,
+        cfg: EmbeddedConfig,
+        vision: Option<Arc<Vision>>,
+    ) -> Result<Self, ControllerError> {
         let lm = Arc::new(lm);
         Ok(Self {
             name: name.to_string(),
             session: Arc::new(Mutex::new(Session::new(lm.clone()))),
             lm,
             cfg: Arc::new(cfg),
+            vision,
         })
     }
 
@@ -171,28 +185,36 @@ impl EmbeddedController {
         &self.lm
     }
 
-    /// The prompt text a conversation renders to (for inspection and tests).
+    /// The prompt text a conversation renders to (for inspection and tests); images stand
+    /// as markers.
     pub fn render(&self, conv: &Conversation) -> Result<String, ControllerError> {
+        let shown = self.vision.as_ref().map(|v| v.show(conv));
+        self.render_with(conv, shown.as_ref().map(|s| &s.slots), None)
+    }
+
+    fn render_with(
+        &self,
+        conv: &Conversation,
+        images: Option<&ImageSlots>,
+        neutral: Option<&str>,
+    ) -> Result<String, ControllerError> {
         let template = self.lm.chat_template().unwrap_or_default();
-        render_conversation(&self.cfg.prompts, template, conv, false, None)
+        render_conversation(&self.cfg.prompts, template, conv, images, neutral)
     }
 
     /// The prompt with the last question replaced by the neutral one (`answers.toml`), to
     /// calibrate answers against; `None` when calibration is off.
-    fn neutral_tokens(&self, conv: &Conversation) -> Result<Option<Vec<u32>>, ControllerError> {
+    fn neutral_text(
+        &self,
+        conv: &Conversation,
+        images: Option<&ImageSlots>,
+    ) -> Result<Option<String>, ControllerError> {
         let answers = &self.cfg.prompts.answers;
         if answers.calibration <= 0.0 || conv.regions.is_empty() {
             return Ok(None);
         }
-        let template = self.lm.chat_template().unwrap_or_default();
-        let text = render_conversation(
-            &self.cfg.prompts,
-            template,
-            conv,
-            false,
-            Some(&answers.neutral_question),
-        )?;
-        Ok(Some(self.lm.encode(&text)?))
+        self.render_with(conv, images, Some(&answers.neutral_question))
+            .map(Some)
     }
 }
 
@@ -201,17 +223,24 @@ impl Controller for EmbeddedController {
         &self.name
     }
 
+    fn accepts_images(&self) -> bool {
+        self.vision.is_some()
+    }
+
     fn decide<'a>(
         &'a self,
         conv: &'a Conversation,
         ctx: &'a StepContext,
     ) -> BoxFuture<'a, Result<Step, ControllerError>> {
         Box::pin(async move {
-            let prompt = self.render(conv)?;
+            let shown: Option<Shown> = self.vision.as_ref().map(|v| v.show(conv));
+            let slots = shown.as_ref().map(|s| &s.slots);
+            let prompt = self.render_with(conv, slots, None)?;
             // The whole prompt, for `RUST_LOG=p2g::controller=trace`: what the model was shown.
             tracing::trace!(%prompt, "controller prompt");
-            let tokens = self.lm.encode(&prompt)?;
-            let neutral = self.neutral_tokens(conv)?;
+            let neutral_text = self.neutral_text(conv, slots)?;
+            let vision = self.vision.clone();
+            let sees = vision.is_some();
             let session = self.session.clone();
             let cfg = self.cfg.clone();
             let ctx = ctx.clone();
@@ -237,6 +266,24 @@ impl Controller for EmbeddedController {
                     .lock()
                     .map_err(|_| LlmError::Internal("controller session poisoned".into()))?;
                 s.set_cancel_flag(ctx.cancel.clone());
+                let (tokens, neutral, shown) = match (&vision, &shown) {
+                    (Some(v), Some(sh)) => {
+                        let (tokens, record) = v.tokens(&mut s, &prompt, sh)?;
+                        let neutral = match &neutral_text {
+                            Some(t) => Some(v.tokens(&mut s, t, sh)?.0),
+                            None => None,
+                        };
+                        (tokens, neutral, record)
+                    }
+                    _ => {
+                        let lm = s.model().clone();
+                        let neutral = match &neutral_text {
+                            Some(t) => Some(lm.encode(t)?),
+                            None => None,
+                        };
+                        (lm.encode(&prompt)?, neutral, Vec::new())
+                    }
+                };
                 let to_save = cfg
                     .prompt_cache
                     .as_ref()
@@ -251,6 +298,7 @@ impl Controller for EmbeddedController {
                         observed,
                         document,
                         narrowed,
+                        sees,
                         neutral: neutral.as_deref(),
                         prompt_len: tokens.len(),
                     };
@@ -278,6 +326,7 @@ impl Controller for EmbeddedController {
                         how,
                         quoted: source != AnswerSource::Model,
                         source,
+                        shown,
                     }),
                     Err(StepFailure::Malformed { output, reason }) => {
                         Err(ControllerError::Malformed {
@@ -304,8 +353,10 @@ fn warm_start(cache: &PromptCache, s: &mut Session, tokens: &[u32]) -> Option<us
         return None;
     }
     let n = s.model().first_turn_len(tokens)?;
-    // A prompt that is all one turn shares nothing with the next question's.
-    if n >= tokens.len() {
+    // A prompt that is all one turn shares nothing with the next question's; spliced ids
+    // (an image's) mean nothing to another process.
+    let vocab = s.model().vocab_size() as u32;
+    if n >= tokens.len() || tokens[..n].iter().any(|&t| t >= vocab) {
         return None;
     }
     let _span = tracing::debug_span!("prompt_cache", tokens = n).entered();
@@ -345,6 +396,8 @@ struct StepInput<'a> {
     document: bool,
     /// The regions were narrowed to where the question points.
     narrowed: bool,
+    /// The model sees the image (a vision-language pair): it may answer before any tool.
+    sees: bool,
     /// The prompt with a neutral question, to calibrate answers against.
     neutral: Option<&'a [u32]>,
     /// Tokens of the prompt (before the step's own output).
@@ -377,12 +430,14 @@ fn constrained_step(
         tools,
         must_answer,
         observed,
+        sees,
         ..
     } = *input;
     let answer = cfg.prompts.answer_tool.name.clone();
     // A text controller knows nothing of the image before a tool has looked at it: answering
-    // then could only be a guess, so its first step is a call.
-    let blind = !observed;
+    // then could only be a guess, so its first step is a call. One that sees the image may
+    // answer from it directly.
+    let blind = !observed && !sees;
     let wants_tool =
         !must_answer && !tools.is_empty() && (blind || s.next_starts_with(b"<tool_call>")?);
     let name = if wants_tool {
@@ -471,7 +526,7 @@ fn answer_step(
             return extract(s, cfg, input, ctx, name);
         }
     }
-    if regions.is_empty() && input.observed {
+    if regions.is_empty() && input.observed && !input.sees {
         return Ok(not_found(
             "no text or object has been found in the image so far".into(),
         ));

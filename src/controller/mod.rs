@@ -11,6 +11,7 @@
 //! with candle ([`llm`]), prompted with the templates in `prompts/` ([`prompt`]).
 
 pub mod embedded;
+pub mod llava;
 pub mod llm;
 pub mod parse;
 pub mod prompt;
@@ -186,6 +187,21 @@ pub struct Step {
     pub quoted: bool,
     /// Where an answer's text came from.
     pub source: AnswerSource,
+    /// The images a vision-language controller was shown for this decision, and how each
+    /// was encoded (empty for text controllers).
+    pub shown: Vec<ShownImage>,
+}
+
+/// One image a vision-language controller was shown, as the trace records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShownImage {
+    /// The region the crop shows (`None`: the whole image).
+    pub region: Option<String>,
+    pub bbox: BBox,
+    /// What encoded it: the MLP, a learned or a pooled resampler.
+    pub encoder: crate::vision::visual_tokens::Encoder,
+    /// Visual tokens it took in the prompt.
+    pub tokens: usize,
 }
 
 /// Receives answer text as it is generated.
@@ -228,6 +244,18 @@ pub enum ControllerError {
     Prompt { name: String, reason: String },
     #[error("the question was cancelled")]
     Cancelled,
+    #[error(transparent)]
+    Vision(#[from] crate::vision::mmproj::MmprojError),
+    /// A language model and an mmproj file that do not belong together.
+    #[error(
+        "{llm} and {mmproj} are not a pair: {reason} (see the README, \"Vision-language \
+         models\")"
+    )]
+    Pair {
+        llm: String,
+        mmproj: String,
+        reason: String,
+    },
 }
 
 /// A model that decides the next step of the grounding loop.

@@ -19,6 +19,7 @@ const ANSWER_TOOL: &str = include_str!("../../prompts/answer_tool.json");
 const REMINDER: &str = include_str!("../../prompts/reminder.md");
 const ANSWER_SHAPES: &str = include_str!("../../prompts/answer_shapes.toml");
 const ANSWERS: &str = include_str!("../../prompts/answers.toml");
+const IMAGE: &str = include_str!("../../prompts/image.md");
 
 /// The controller's templates.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,28 @@ pub struct Prompts {
     pub shapes: Vec<AnswerShape>,
     /// How any other answer is taken from the evidence (`answers.toml`).
     pub answers: Settings,
+    /// Introduces one image a vision-language controller is shown: the whole picture, or a
+    /// crop with its region id and box (`image.md`).
+    pub image: String,
+}
+
+/// Where images stand in a prompt: each `marker` is text the caller swaps for the image's
+/// embeddings after rendering.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSlots {
+    /// The whole picture, shown with the first question.
+    pub global: Option<String>,
+    /// Crops of regions, shown after the evidence.
+    pub crops: Vec<CropSlot>,
+}
+
+/// One crop's place in the prompt.
+#[derive(Debug, Clone)]
+pub struct CropSlot {
+    pub region: String,
+    /// Its box in image pixels, `[x1, y1, x2, y2]`.
+    pub bbox: [i64; 4],
+    pub marker: String,
 }
 
 fn bad(name: &str, reason: impl ToString) -> ControllerError {
@@ -56,6 +79,7 @@ impl Prompts {
                 .map_err(|e| bad("answer_tool.json", e))?,
             shapes: parse_shapes(ANSWER_SHAPES).map_err(|e| bad("answer_shapes.toml", e))?,
             answers: Settings::parse(ANSWERS).map_err(|e| bad("answers.toml", e))?,
+            image: IMAGE.into(),
         })
     }
 
@@ -80,6 +104,7 @@ impl Prompts {
         read("repair.md", &mut p.repair)?;
         read("tools.md", &mut p.tools)?;
         read("reminder.md", &mut p.reminder)?;
+        read("image.md", &mut p.image)?;
         let mut answer = String::new();
         read("answer_tool.json", &mut answer)?;
         if !answer.is_empty() {
@@ -104,6 +129,7 @@ impl Prompts {
             ("repair.md", &p.repair),
             ("tools.md", &p.tools),
             ("reminder.md", &p.reminder),
+            ("image.md", &p.image),
         ] {
             environment()
                 .template_from_str(t)
@@ -189,9 +215,10 @@ pub fn render_conversation(
     prompts: &Prompts,
     chat_template: &str,
     conv: &Conversation,
-    can_see: bool,
+    images: Option<&ImageSlots>,
     neutral: Option<&str>,
 ) -> Result<String, ControllerError> {
+    let can_see = images.is_some();
     let tool_names: Vec<&str> = conv.tools.iter().map(|t| t.name.as_str()).collect();
     let mut system = render(
         "system.md",
@@ -248,7 +275,16 @@ pub fn render_conversation(
                 let hint = shape_for(&prompts.shapes, text, document).and_then(|s| s.hint.clone());
                 question = json!({ "question": text, "region": region, "image": conv.image,
                                    "first": first, "hint": hint });
-                let content = render("question.md", &prompts.question, question.clone())?;
+                let mut content = render("question.md", &prompts.question, question.clone())?;
+                // The picture comes with the first question, before it.
+                if let (true, Some(marker)) = (first, images.and_then(|i| i.global.as_ref())) {
+                    let intro = render(
+                        "image.md",
+                        &prompts.image,
+                        json!({ "region": null, "box": null, "marker": marker }),
+                    )?;
+                    content = format!("{intro}\n{content}");
+                }
                 messages.push(json!({ "role": "user", "content": content }));
             }
             Turn::Call { agent, arguments } => {
@@ -296,6 +332,33 @@ pub fn render_conversation(
         let content = render("question.md", &prompts.question, q)?;
         if let Some(last) = messages.last_mut() {
             last["content"] = json!(content);
+        }
+    }
+    // Crops come after the evidence they were cut for, in the last user message.
+    if let Some(slots) = images.filter(|i| !i.crops.is_empty()) {
+        let mut block = Vec::with_capacity(slots.crops.len());
+        for c in &slots.crops {
+            block.push(render(
+                "image.md",
+                &prompts.image,
+                json!({ "region": c.region, "box": c.bbox, "marker": c.marker }),
+            )?);
+        }
+        let block = block.join("\n");
+        match messages.last_mut() {
+            Some(last) if last["role"] == "user" => {
+                let content = last["content"].as_str().unwrap_or_default();
+                // Before the question, but after the whole picture when it is there too.
+                let after = slots
+                    .global
+                    .as_ref()
+                    .and_then(|g| content.find(g.as_str()).map(|at| at + g.len()))
+                    .unwrap_or(0);
+                let (head, tail) = content.split_at(after);
+                let sep = if head.is_empty() { "" } else { "\n" };
+                last["content"] = json!(format!("{head}{sep}{block}\n{}", tail.trim_start()));
+            }
+            _ => messages.push(json!({ "role": "user", "content": block })),
         }
     }
     let env = environment();

@@ -20,6 +20,7 @@ mod calls;
 mod colour_focus;
 pub mod evidence;
 mod objects;
+mod visual;
 pub mod zoom;
 
 use std::collections::{HashMap, HashSet};
@@ -97,6 +98,9 @@ pub struct LoopConfig {
     /// calls or zooms (its first decision may still call an agent: before that there is
     /// nothing to answer from).
     pub answer_by: Duration,
+    /// Crops of found regions a vision-language controller is shown per decision, at most
+    /// (besides the whole image); see `visual`.
+    pub max_crops: usize,
 }
 
 impl Default for LoopConfig {
@@ -108,6 +112,7 @@ impl Default for LoopConfig {
             zoom: ZoomBudget::default(),
             document: Default::default(),
             answer_by: Duration::from_secs(40),
+            max_crops: 8,
         }
     }
 }
@@ -282,6 +287,8 @@ pub struct Session<'o> {
     colour_focus: Option<Vec<String>>,
     /// The basic colour names each text region shows, measured once.
     region_colours: HashMap<String, std::collections::BTreeSet<String>>,
+    /// The whole image as a vision-language controller is shown it, made on first use.
+    shown_whole: visual::ShownWhole,
     trace: TraceSink,
 }
 
@@ -313,6 +320,7 @@ impl<'o> Session<'o> {
             region_colours: HashMap::new(),
             leads: Vec::new(),
             zoomed: Vec::new(),
+            shown_whole: Default::default(),
             trace: TraceSink::default(),
         }
     }
@@ -636,6 +644,11 @@ impl<'o> Session<'o> {
         // Narrowed regions (one block of a page) do not show whether the image is a
         // document: the whole evidence does.
         let document = narrowed.then(|| self.is_document());
+        let visual = if self.orch.controller.accepts_images() {
+            self.visual_inputs(&regions)
+        } else {
+            Vec::new()
+        };
         Conversation {
             image: self.facts.clone(),
             turns: self.visible_turns(current),
@@ -643,7 +656,7 @@ impl<'o> Session<'o> {
             regions,
             narrowed,
             document,
-            visual: Vec::new(),
+            visual,
             // The last step may only answer.
             must_answer: last,
         }
@@ -667,6 +680,13 @@ impl<'o> Session<'o> {
             .await;
         match decided {
             Ok(s) => {
+                if !s.shown.is_empty() {
+                    self.trace.record(TraceEvent::Visual {
+                        step,
+                        tokens: s.shown.iter().map(|i| i.tokens).sum(),
+                        images: s.shown.clone(),
+                    });
+                }
                 self.trace.record(TraceEvent::Step {
                     step,
                     stats: s.stats.clone(),

@@ -12,6 +12,7 @@ pub mod geometry;
 mod image;
 pub mod mmproj;
 pub mod tiling;
+pub mod visual_tokens;
 
 pub use self::image::{Image, LoadOptions, DEFAULT_MAX_PIXELS};
 pub use geometry::{BBox, Point, Quad};

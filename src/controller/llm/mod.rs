@@ -183,7 +183,10 @@ impl LanguageModel {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_else(|| path.display().to_string());
-        let model = Transformer::load(&ct, &mut reader, cfg, max_context)?;
+        let model = Transformer::load(&ct, &mut reader, cfg, max_context).map_err(|e| match e {
+            LlmError::BadModel(reason) => bad(reason),
+            e => e,
+        })?;
         let fingerprint = file_fingerprint(path);
         Ok(Self {
             name,
@@ -218,6 +221,17 @@ impl LanguageModel {
 
     pub fn max_context(&self) -> usize {
         self.model.max_context()
+    }
+
+    /// Token ids below this are the vocabulary's; the ones above stand for spliced
+    /// embeddings ([`Session::splice`]).
+    pub fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    /// Uses `template` as the chat template (for a GGUF that carries none).
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
     }
 
     /// The chat template the GGUF carries (a Jinja template), if any.
@@ -368,7 +382,21 @@ pub struct Session {
     /// [`Session::free_string`] gives up once `logprob` falls below this (a search that
     /// already has a better candidate need not finish a worse one).
     give_up_below: f64,
+    /// Embeddings spliced into prompts (images'), see [`Session::splice`].
+    spliced: Spliced,
 }
+
+/// Rows of embeddings a session's prompts may place at token positions, each block under a
+/// key naming its content: ids past the vocabulary point into it. Blocks are only appended,
+/// so an id keeps meaning the same rows, and the KV cache of a prompt holding it stays valid.
+#[derive(Default)]
+struct Spliced {
+    rows: Vec<f32>,
+    blocks: std::collections::HashMap<String, (u32, usize)>,
+}
+
+/// Spliced rows a session keeps before starting afresh (the images of a long REPL session).
+const MAX_SPLICED_ROWS: usize = 1 << 15;
 
 /// A point of a session to come back to: its length and the logits there.
 pub struct Mark {
@@ -395,7 +423,47 @@ impl Session {
             stats: StepStats::default(),
             logprob: 0.0,
             give_up_below: f64::NEG_INFINITY,
+            spliced: Spliced::default(),
         }
+    }
+
+    /// The token ids standing for the embeddings spliced under `key`, if they are.
+    pub fn spliced(&self, key: &str) -> Option<Vec<u32>> {
+        self.spliced
+            .blocks
+            .get(key)
+            .map(|&(first, n)| (first..first + n as u32).collect())
+    }
+
+    /// Makes `rows` (flat, `n_embd` wide: an image's embeddings) placeable in a prompt, under
+    /// `key` (what they show and how they were made): returns the token ids that stand for
+    /// them. The same key gives the same ids, so a prompt that repeats an image reuses its
+    /// cached positions.
+    pub fn splice(&mut self, key: &str, rows: &[f32]) -> Result<Vec<u32>, LlmError> {
+        if let Some(ids) = self.spliced(key) {
+            return Ok(ids);
+        }
+        let width = self.lm.config().n_embd;
+        if rows.is_empty() || !rows.len().is_multiple_of(width) {
+            return Err(LlmError::Internal(format!(
+                "{} values are not rows of the model's width {width}",
+                rows.len()
+            )));
+        }
+        let held = self.spliced.rows.len() / width;
+        if held + rows.len() / width > MAX_SPLICED_ROWS {
+            // Start afresh: no cached position may point at rows that are gone.
+            self.spliced = Spliced::default();
+            self.fed.clear();
+            self.pending.clear();
+            self.cache.truncate(0);
+            self.logits = None;
+        }
+        let first = (self.lm.vocab_size() + self.spliced.rows.len() / width) as u32;
+        let n = rows.len() / width;
+        self.spliced.rows.extend_from_slice(rows);
+        self.spliced.blocks.insert(key.to_string(), (first, n));
+        Ok((first..first + n as u32).collect())
     }
 
     pub fn model(&self) -> &Arc<LanguageModel> {
@@ -493,6 +561,11 @@ impl Session {
             .collect())
     }
 
+    /// The next-token logits after everything the session holds (running what is pending).
+    pub fn next_logits(&mut self) -> Result<Vec<f32>, LlmError> {
+        Ok(self.logits()?.to_vec())
+    }
+
     /// The log-probability of each of `ids` as the next token.
     pub fn next_logprobs(&mut self, ids: &[u32]) -> Result<Vec<f64>, LlmError> {
         let logits = self.logits()?;
@@ -530,7 +603,8 @@ impl Session {
         let vocab = self.logits()?.len();
         let started = Instant::now();
         let (model, cache) = (&self.lm.model, &mut self.cache);
-        let mut rows = rayon::scope(|_| model.forward_from(ids, cache, 0))?;
+        let spliced = &self.spliced.rows;
+        let mut rows = rayon::scope(|_| model.forward_from(ids, cache, 0, spliced))?;
         self.fed.extend_from_slice(ids);
         self.stats.prefill_ms += started.elapsed().as_secs_f64() * 1e3;
         self.stats.prefill_tokens += ids.len();
@@ -648,7 +722,9 @@ impl Session {
                 // split work across the rayon pool, and a caller outside it is one thread more
                 // than there are cores, competing with workers that spin between the ~170
                 // small products of a token (measured: decode 10.0 -> 10.8-11.0 tok/s).
-                let forward = rayon::scope(|_| model.forward(chunk, cache));
+                let spliced = &self.spliced.rows;
+                let forward =
+                    rayon::scope(|_| model.forward_from(chunk, cache, chunk.len() - 1, spliced));
                 match forward {
                     Ok(l) => out = l,
                     Err(e) => {

@@ -199,12 +199,29 @@ impl Embedding {
         })
     }
 
-    fn forward(&self, ids: &[u32], dev: &Device) -> Result<Tensor, candle_core::Error> {
+    /// Ids past the vocabulary are rows of `spliced` (`[n, dim]`, flat): embeddings made
+    /// elsewhere (an image's) standing at those positions, as llama.cpp's `llama_batch.embd`.
+    fn forward(
+        &self,
+        ids: &[u32],
+        spliced: &[f32],
+        dev: &Device,
+    ) -> Result<Tensor, candle_core::Error> {
         let mut out = Vec::with_capacity(ids.len() * self.dim);
         for &id in ids {
             let id = id as usize;
             if id >= self.rows {
-                candle_core::bail!("token id {id} is outside the vocabulary ({})", self.rows);
+                let at = (id - self.rows) * self.dim;
+                match spliced.get(at..at + self.dim) {
+                    Some(row) => out.extend_from_slice(row),
+                    None => candle_core::bail!(
+                        "token id {id} is outside the vocabulary ({}) and the spliced \
+                         embeddings ({} rows)",
+                        self.rows,
+                        spliced.len() / self.dim
+                    ),
+                }
+                continue;
             }
             let row = &self.data[id * self.row_bytes..(id + 1) * self.row_bytes];
             let q = qtensor_from_ggml(self.dtype, row, vec![self.dim], dev)?;
@@ -432,16 +449,24 @@ impl Transformer {
 
     /// Runs `tokens` after the cache's positions and returns the logits of the last one.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, LlmError> {
-        self.forward_from(tokens, cache, tokens.len().saturating_sub(1))
+        self.forward_from(tokens, cache, tokens.len().saturating_sub(1), &[])
     }
 
-    /// Like [`Model::forward`], but returns the logits after each of `tokens[from..]`, one
-    /// vocabulary-sized row each (scoring a known continuation in one pass).
+    /// The number of token embeddings; ids from here on are spliced rows.
+    pub fn vocab_size(&self) -> usize {
+        self.embed.rows
+    }
+
+    /// Like [`Transformer::forward`], but returns the logits after each of `tokens[from..]`,
+    /// one vocabulary-sized row each (scoring a known continuation in one pass). A token id
+    /// `vocab_size() + i` stands for row `i` of `spliced` (flat, `n_embd` wide): an image's
+    /// embeddings enter the model at those positions.
     pub fn forward_from(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         from: usize,
+        spliced: &[f32],
     ) -> Result<Vec<f32>, LlmError> {
         let seq = tokens.len();
         let pos = cache.len;
@@ -455,7 +480,7 @@ impl Transformer {
             });
         }
         cache.reserve(&self.cfg, pos + seq, &self.device)?;
-        let mut x = self.embed.forward(tokens, &self.device)?;
+        let mut x = self.embed.forward(tokens, spliced, &self.device)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         for (layer, (kc, vc)) in self.layers.iter().zip(cache.layers.iter()) {

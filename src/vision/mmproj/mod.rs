@@ -244,6 +244,23 @@ impl Mmproj {
         let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| read_err(format!("not a GGUF file ({e})")))?;
+        // Every tensor's bytes must be there, also those of blocks the tower does not run: a
+        // cut-off file is damaged, whichever tensor it cuts into.
+        let len = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
+        for (name, t) in &content.tensor_infos {
+            let bytes = (t.shape.elem_count() / t.ggml_dtype.block_size()
+                * t.ggml_dtype.type_size()) as u64;
+            let end = content
+                .tensor_data_offset
+                .saturating_add(t.offset)
+                .saturating_add(bytes);
+            if end > len {
+                return Err(read_err(format!(
+                    "the file ends at byte {len} but tensor {name} needs bytes up to {end} (it \
+                     is truncated or damaged)"
+                )));
+            }
+        }
         let mut r = Reader {
             path,
             content,
