@@ -536,3 +536,96 @@ fn detect_without_a_model_says_how_to_add_one_and_add_makes_it_work() {
         "{list}"
     );
 }
+
+#[test]
+fn a_llava_pair_is_added_checked_and_asked_with_its_policy_in_the_trace() {
+    let home = tempfile::tempdir().unwrap();
+    let img = common::fixture("receipt.jpg");
+    // Not added yet: one line saying how.
+    let out = p2g_fresh_cache(home.path())
+        .args(["ask", "--controller", "llava", "--no-agents"])
+        .arg(&img)
+        .arg("What is it?")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("p2g models add llava DIR") && err.contains("Vision-language models"),
+        "{err}"
+    );
+    // A pair whose widths differ is refused and leaves nothing.
+    let pair = |llm: &str, mmproj: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            common::fixture("llava").join(llm),
+            dir.path().join("model.gguf"),
+        )
+        .unwrap();
+        std::fs::copy(
+            common::fixture("mmproj").join(mmproj),
+            dir.path().join("mmproj.gguf"),
+        )
+        .unwrap();
+        dir
+    };
+    let bad = pair("tiny_llm_qwen2.gguf", "tiny_mmproj_mlp.gguf");
+    let out = p2g_fresh_cache(home.path())
+        .args(["models", "add", "llava"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("was not added") && err.contains("not a pair"),
+        "{err}"
+    );
+    assert!(!home.path().join("models/llava/model.gguf").exists());
+    let good = pair("tiny_llm_llama.gguf", "tiny_mmproj_mlp.gguf");
+    let out = p2g_fresh_cache(home.path())
+        .args(["models", "add", "llava"])
+        .arg(good.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = home.path().join("trace.jsonl");
+    let out = p2g_fresh_cache(home.path())
+        .args([
+            "ask",
+            "--controller",
+            "llava",
+            "--no-agents",
+            "--json",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&img)
+        .arg("What is it?")
+        .output()
+        .unwrap();
+    let (_, lines) = json_lines(out);
+    assert_eq!(lines.len(), 1);
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let visual = events
+        .iter()
+        .find(|e| e["event"] == "visual" || e["kind"] == "visual")
+        .unwrap_or_else(|| panic!("no visual event: {events:?}"));
+    // The whole image alone: through the MLP, one token per patch of the 2x2 grid.
+    assert_eq!(visual["tokens"], 4, "{visual}");
+    assert_eq!(visual["images"][0]["encoder"]["kind"], "mlp", "{visual}");
+    let shown = p2g().args(["trace", "show"]).arg(&trace).output().unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("shown 4 visual tokens: image mlp 4"),
+        "{text}"
+    );
+}

@@ -269,6 +269,7 @@ fn evidence_is_numbered_and_a_misread_answer_is_copied_from_its_region() {
             TraceEvent::Repair { .. } => "repair",
             TraceEvent::Error { .. } => "error",
             TraceEvent::Narrow { .. } => "narrow",
+            TraceEvent::Visual { .. } => "visual",
         })
         .collect();
     assert_eq!(kinds, ["question", "step", "tool", "step", "answer"]);

@@ -304,3 +304,95 @@ fn bad_pairs_are_clear_errors() {
     .unwrap();
     assert!(e.to_string().contains("tiny_llm_llama.gguf"), "{e}");
 }
+
+/// One image shown: its region, encoder, tokens and box.
+type Shown = (Option<String>, Encoder, usize, BBox);
+
+/// The images the loop showed at each decision.
+fn visual_events(events: &[p2g::trace::TraceEvent]) -> Vec<Vec<Shown>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            p2g::trace::TraceEvent::Visual { images, tokens, .. } => {
+                assert_eq!(*tokens, images.iter().map(|i| i.tokens).sum::<usize>());
+                Some(
+                    images
+                        .iter()
+                        .map(|i| (i.region.clone(), i.encoder, i.tokens, i.bbox))
+                        .collect(),
+                )
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_loop_shows_crops_of_what_was_read_and_answers_cite_them() {
+    use p2g::orchestrator::{AskOptions, Orchestrator};
+    let c = controller("tiny_llm_llama.gguf", "tiny_mmproj_mlp.gguf", 1).unwrap();
+    let o = Orchestrator::builder()
+        .controller(c)
+        .agent(common::agent_with(|_| {}))
+        .answer_by(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let path = common::fixture("receipt.jpg");
+    let img = Image::open(&path, &Default::default()).unwrap();
+    let mut s = o.session(img, &path);
+    let rt = common::rt();
+    // The receipt's header: its lines are read (a zoom of the region), more than 4 of them,
+    // so the whole image and every crop are resampled.
+    let region = BBox::new(0.0, 0.0, 463.0, 200.0);
+    let a = rt
+        .block_on(s.ask(
+            "What is written here?",
+            AskOptions {
+                region: Some(region),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let shown = visual_events(s.trace());
+    let first = shown.first().expect("a visual event in the trace");
+    assert_eq!(first[0].0, None, "the whole image comes first: {first:?}");
+    let crops: Vec<_> = first.iter().skip(1).collect();
+    assert!(crops.len() > 4, "{first:?}");
+    for (region, encoder, tokens, _) in first {
+        assert_eq!(
+            (*encoder, *tokens),
+            (Encoder::PooledResampler { k: 1 }, 1),
+            "{region:?}"
+        );
+    }
+    // The answer cites regions whose crops were shown, at their boxes.
+    assert!(!a.grounding.is_empty(), "{a:?}");
+    for g in &a.grounding {
+        let crop = crops
+            .iter()
+            .find(|c| c.0.as_deref() == Some(g.region.as_str()))
+            .unwrap_or_else(|| panic!("{} was not shown: {first:?}", g.region));
+        assert_eq!(crop.3, g.bbox);
+    }
+    // A smaller region holds one line: 1-4 crops keep every patch, the whole image is
+    // resampled.
+    let region = BBox::new(60.0, 20.0, 330.0, 70.0);
+    rt.block_on(s.ask(
+        "What is written here?",
+        AskOptions {
+            region: Some(region),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let shown = visual_events(s.trace());
+    let last = shown.last().unwrap();
+    assert!((2..=5).contains(&last.len()), "{last:?}");
+    assert_eq!(
+        (last[0].1, last[0].2),
+        (Encoder::PooledResampler { k: 1 }, 1)
+    );
+    for crop in &last[1..] {
+        assert_eq!((crop.1, crop.2), (Encoder::Mlp, 4), "{last:?}");
+    }
+}
