@@ -70,7 +70,13 @@ pub struct VisualTokenizer {
     mmproj: Mmproj,
     /// Side of the pooled grid (k x k tokens) when an MLP-only model resamples.
     pool: usize,
+    /// The projector's output per image (keyed by its pixels' hash), so an image the policy
+    /// moves from the MLP to pooling (the first crop arrived) is pooled, not run again.
+    projected: std::sync::Mutex<Vec<(String, Tensor, (usize, usize))>>,
 }
+
+/// Images whose projected grids are kept.
+const PROJECTED_KEPT: usize = 16;
 
 impl VisualTokenizer {
     /// Reads an mmproj file; `pool` is k of the parameter-free resampler (tokens k x k).
@@ -82,6 +88,7 @@ impl VisualTokenizer {
         Self {
             mmproj,
             pool: pool.max(1),
+            projected: Default::default(),
         }
     }
 
@@ -126,11 +133,33 @@ impl VisualTokenizer {
         let _span =
             tracing::info_span!("visual_tokens", %encoder, w = rgb.width(), h = rgb.height())
                 .entered();
-        let (rows, grid) = self.mmproj.embed(rgb)?;
+        let (rows, grid) = self.projected(rgb)?;
         Ok(match encoder {
             Encoder::Mlp | Encoder::LearnedResampler => rows,
             Encoder::PooledResampler { k } => resampler::pool(&rows, grid, k)?,
         })
+    }
+}
+
+impl VisualTokenizer {
+    /// The tower and projector's output for an image, from the cache when it was seen.
+    fn projected(&self, rgb: &image::RgbImage) -> Result<(Tensor, (usize, usize)), MmprojError> {
+        use sha2::Digest;
+        let key = format!("{:x}", sha2::Sha256::digest(rgb.as_raw()));
+        let key = format!("{key}:{}x{}", rgb.width(), rgb.height());
+        if let Ok(kept) = self.projected.lock() {
+            if let Some((_, rows, grid)) = kept.iter().find(|(k, ..)| *k == key) {
+                return Ok((rows.clone(), *grid));
+            }
+        }
+        let (rows, grid) = self.mmproj.embed(rgb)?;
+        if let Ok(mut kept) = self.projected.lock() {
+            if kept.len() >= PROJECTED_KEPT {
+                kept.remove(0);
+            }
+            kept.push((key, rows.clone(), grid));
+        }
+        Ok((rows, grid))
     }
 }
 
