@@ -72,8 +72,11 @@ pub struct VisualTokenizer {
     pool: usize,
     /// The projector's output per image (keyed by its pixels' hash), so an image the policy
     /// moves from the MLP to pooling (the first crop arrived) is pooled, not run again.
-    projected: std::sync::Mutex<Vec<(String, Tensor, (usize, usize))>>,
+    projected: std::sync::Mutex<Vec<Projected>>,
 }
+
+/// One image's projector output: its key, rows and patch grid (columns, rows).
+type Projected = (String, Tensor, (usize, usize));
 
 /// Images whose projected grids are kept.
 const PROJECTED_KEPT: usize = 16;
