@@ -170,6 +170,19 @@ fn controller(
     )
 }
 
+/// Loads a pair from two paths with the default settings.
+fn load_pair(
+    llm: &std::path::Path,
+    mm: &std::path::Path,
+) -> Result<p2g::controller::EmbeddedController, ControllerError> {
+    llava::load(
+        llm,
+        mm,
+        EmbeddedConfig::new(Prompts::embedded().unwrap()),
+        VisionConfig::default(),
+    )
+}
+
 fn test_image() -> Image {
     Image::from_rgb(image::open(mmproj("tiny_image.png")).unwrap().to_rgb8())
 }
@@ -272,33 +285,21 @@ fn bad_pairs_are_clear_errors() {
     let bytes = std::fs::read(llava_dir().join("tiny_llm_llama.gguf")).unwrap();
     let cut_llm = tmp.path().join("cut_llm.gguf");
     std::fs::write(&cut_llm, &bytes[..bytes.len() / 3]).unwrap();
-    let e = llava::load(
-        &cut_llm,
-        &mmproj("tiny_mmproj_mlp.gguf"),
-        EmbeddedConfig::new(Prompts::embedded().unwrap()),
-        VisionConfig::default(),
-    )
-    .err()
-    .unwrap();
+    let e = load_pair(&cut_llm, &mmproj("tiny_mmproj_mlp.gguf"))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("cut_llm.gguf"), "{e}");
     let bytes = std::fs::read(mmproj("tiny_mmproj_mlp.gguf")).unwrap();
     let cut_mm = tmp.path().join("cut_mmproj.gguf");
     std::fs::write(&cut_mm, &bytes[..bytes.len() - 100]).unwrap();
-    let e = llava::load(
-        &llava_dir().join("tiny_llm_llama.gguf"),
-        &cut_mm,
-        EmbeddedConfig::new(Prompts::embedded().unwrap()),
-        VisionConfig::default(),
-    )
-    .err()
-    .unwrap();
+    let e = load_pair(&llava_dir().join("tiny_llm_llama.gguf"), &cut_mm)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("cut_mmproj.gguf"), "{e}");
     // The two swapped: a language model is no mmproj.
-    let e = llava::load(
+    let e = load_pair(
         &mmproj("tiny_mmproj_mlp.gguf"),
         &llava_dir().join("tiny_llm_llama.gguf"),
-        EmbeddedConfig::new(Prompts::embedded().unwrap()),
-        VisionConfig::default(),
     )
     .err()
     .unwrap();
