@@ -373,6 +373,63 @@ pub fn show(events: &[TraceEvent]) -> String {
     o
 }
 
+/// Renders again every Set-of-Mark image the trace says a remote controller was sent, from
+/// the trace's image: beside `out`, named `STEM-mosaic-Q-STEP.EXT` (question Q, step STEP).
+pub fn draw_mosaics(
+    events: &[TraceEvent],
+    image: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<PathBuf>, TraceError> {
+    let layouts: Vec<(usize, usize, &crate::vision::mosaic::Layout)> = {
+        let mut q = 0;
+        let mut found = Vec::new();
+        for e in events {
+            match e {
+                TraceEvent::Question { .. } => q += 1,
+                TraceEvent::Visual { step, images, .. } => found.extend(
+                    images
+                        .iter()
+                        .filter_map(|i| i.layout.as_ref())
+                        .map(|l| (q, *step, l)),
+                ),
+                _ => {}
+            }
+        }
+        found
+    };
+    if layouts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = match (image, first_image(events)) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let img = Image::open(&path, &LoadOptions::default())?;
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "trace".into());
+    let ext = out
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    let mut written = Vec::new();
+    for (q, step, layout) in layouts {
+        let file = out.with_file_name(format!("{stem}-mosaic-{q}-{step}.{ext}"));
+        save(&layout.render(img.rgb()), &file)?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
+fn first_image(events: &[TraceEvent]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        TraceEvent::Question { image, .. } => Some(image.clone()),
+        _ => None,
+    })
+}
+
 /// Draws a trace on its image: every evidence region thin, zoomed windows dashed-thick in
 /// their own colour, cited regions thick. Uses the image
 /// of the trace's first question unless `image` is given; only questions about that image are

@@ -98,6 +98,7 @@ fn answer(text: &str, regions: &[&str]) -> Decision {
             .map(|r| Citation {
                 region: r.to_string(),
                 phrase: None,
+                bbox: None,
             })
             .collect(),
     }

@@ -193,6 +193,7 @@ fn conversation(crops: usize) -> Conversation {
     let mut visual = vec![VisualInput {
         region: None,
         bbox: BBox::new(0.0, 0.0, 40.0, 30.0),
+        window: BBox::new(0.0, 0.0, 40.0, 30.0),
         image: img.clone(),
     }];
     for i in 0..crops {
@@ -201,6 +202,7 @@ fn conversation(crops: usize) -> Conversation {
         visual.push(VisualInput {
             region: Some(format!("r{}", i + 1)),
             bbox: BBox::new(x as f32, y as f32, (x + 20) as f32, (y + 15) as f32),
+            window: BBox::new(x as f32, y as f32, (x + 20) as f32, (y + 15) as f32),
             image: Image::from_rgb(cut),
         });
     }

@@ -46,6 +46,60 @@ pub const COPY_MIN_SIMILARITY: f32 = 0.5;
 /// it whole from a span of those regions) is kept as it is wherever it occurs in them, even
 /// inside a word: the date "10/03/2018" of the OCR's "10/03/20185:41:06".
 pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: bool) -> Grounded {
+    let (drawn, cited): (Vec<Citation>, Vec<Citation>) = citations
+        .iter()
+        .map(|c| snapped(c, evidence))
+        .partition(|c| c.bbox.is_some());
+    let mut g = ground_regions(text, &cited, evidence, quoted);
+    // Boxes the controller drew where no region was found: its own claim, kept as drawn.
+    for c in drawn {
+        if let Some(bbox) = c.bbox {
+            g.grounding.push(Grounding {
+                phrase: c.phrase.unwrap_or_else(|| g.text.clone()),
+                bbox,
+                region: c.region,
+            });
+        }
+    }
+    g
+}
+
+/// Overlap (IoU) over which a box the controller drew is taken as the region it covers.
+pub const SNAP_MIN_IOU: f32 = 0.5;
+
+/// A drawn box that covers an evidence region cites that region (its text can then be copied);
+/// a citation of a known region drops any box.
+fn snapped(c: &Citation, evidence: &Evidence) -> Citation {
+    let Some(b) = c.bbox else {
+        return c.clone();
+    };
+    if evidence.get(&c.region).is_some() {
+        return Citation {
+            bbox: None,
+            ..c.clone()
+        };
+    }
+    let best = evidence
+        .regions()
+        .iter()
+        .map(|r| (r, r.bbox.iou(&b)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    match best {
+        Some((r, iou)) if iou >= SNAP_MIN_IOU => Citation {
+            region: r.id.clone(),
+            phrase: c.phrase.clone(),
+            bbox: None,
+        },
+        _ => c.clone(),
+    }
+}
+
+fn ground_regions(
+    text: &str,
+    citations: &[Citation],
+    evidence: &Evidence,
+    quoted: bool,
+) -> Grounded {
     let mut unknown = Vec::new();
     let mut cited = Vec::new();
     for c in citations {
@@ -58,22 +112,8 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: b
     if cited.is_empty() {
         // An answer citing nothing may still quote the evidence: attribute it to the region
         // it matches best, if the match is close (an explanation matches nothing).
-        let best = evidence
-            .regions()
-            .iter()
-            .filter_map(|r| best_span(text, &r.text).map(|(_, _, sim)| (r, sim)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some((r, sim)) = best {
-            if sim >= LOCATE_MIN_SIMILARITY {
-                let cite = [Citation {
-                    region: r.id.clone(),
-                    phrase: None,
-                }];
-                let mut g = ground(text, &cite, evidence, quoted);
-                g.located = true;
-                g.unknown = unknown;
-                return g;
-            }
+        if let Some(r) = locate(text, evidence) {
+            return located(text, r, evidence, quoted, unknown);
         }
         return Grounded {
             text: text.to_string(),
@@ -115,21 +155,59 @@ pub fn ground(text: &str, citations: &[Citation], evidence: &Evidence, quoted: b
                 located: false,
             }
         }
-        _ => Grounded {
-            text: text.to_string(),
-            grounding: cited
-                .iter()
-                .map(|r| Grounding {
-                    phrase: r.text.clone(),
-                    bbox: r.bbox,
-                    region: r.id.clone(),
-                })
-                .collect(),
-            copied: false,
-            unknown,
-            located: false,
-        },
+        _ => {
+            // The cited regions do not hold the answer but another one does (a model that
+            // read "9.00" in the evidence and cited the header): that one grounds it.
+            if let Some(r) = locate(text, evidence).filter(|r| !cited.iter().any(|c| c.id == r.id))
+            {
+                return located(text, r, evidence, quoted, unknown);
+            }
+            Grounded {
+                text: text.to_string(),
+                grounding: cited
+                    .iter()
+                    .map(|r| Grounding {
+                        phrase: r.text.clone(),
+                        bbox: r.bbox,
+                        region: r.id.clone(),
+                    })
+                    .collect(),
+                copied: false,
+                unknown,
+                located: false,
+            }
+        }
     }
+}
+
+/// `text` grounded in the region it was found in.
+fn located(
+    text: &str,
+    r: &Region,
+    evidence: &Evidence,
+    quoted: bool,
+    unknown: Vec<String>,
+) -> Grounded {
+    let cite = [Citation {
+        region: r.id.clone(),
+        phrase: None,
+        bbox: None,
+    }];
+    let mut g = ground_regions(text, &cite, evidence, quoted);
+    g.located = true;
+    g.unknown = unknown;
+    g
+}
+
+/// The region whose text holds `text` most closely, if close enough to be where it was read.
+fn locate<'e>(text: &str, evidence: &'e Evidence) -> Option<&'e Region> {
+    evidence
+        .regions()
+        .iter()
+        .filter_map(|r| best_span(text, &r.text).map(|(_, _, sim)| (r, sim)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, sim)| *sim >= LOCATE_MIN_SIMILARITY)
+        .map(|(r, _)| r)
 }
 
 /// The answer with Kosmos-2-style links: each grounded phrase written `[phrase](x1,y1,x2,y2)`.
@@ -282,8 +360,51 @@ mod tests {
             .map(|r| Citation {
                 region: r.to_string(),
                 phrase: None,
+                bbox: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_answer_citing_regions_that_do_not_hold_it_is_grounded_where_it_was_read() {
+        let e = evidence();
+        let g = ground("9.00", &cite(&["r1"]), &e, false);
+        assert_eq!(g.text, "9.00");
+        assert!(g.located);
+        assert_eq!(g.grounding.len(), 1);
+        assert_eq!(g.grounding[0].region, "r3");
+        // Text found nowhere keeps the regions it cites.
+        let g = ground("a blue mug", &cite(&["r1"]), &e, false);
+        assert!(!g.located);
+        assert_eq!(g.grounding[0].region, "r1");
+    }
+
+    #[test]
+    fn drawn_boxes_snap_to_regions_or_stay_as_drawn() {
+        let e = evidence();
+        let r3 = e.get("r3").unwrap().bbox;
+        let on_r3 = Citation {
+            region: "box1".into(),
+            phrase: Some("total".into()),
+            bbox: Some(BBox::new(r3.x1 + 2.0, r3.y1, r3.x2, r3.y2 + 1.0)),
+        };
+        let g = ground("9.80", &[on_r3], &e, false);
+        assert_eq!(
+            g.text, "9.00",
+            "a box on r3 cites r3, so its text is copied"
+        );
+        assert_eq!(g.grounding[0].region, "r3");
+        let elsewhere = Citation {
+            region: "box1".into(),
+            phrase: Some("a cup".into()),
+            bbox: Some(BBox::new(400.0, 400.0, 480.0, 470.0)),
+        };
+        let g = ground("a cup", &[elsewhere], &e, false);
+        assert_eq!(g.text, "a cup");
+        assert!(g.unknown.is_empty());
+        assert_eq!(g.grounding.len(), 1);
+        assert_eq!(g.grounding[0].region, "box1");
+        assert_eq!(g.grounding[0].bbox, BBox::new(400.0, 400.0, 480.0, 470.0));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! answer here is a span of the evidence or an honest "not found", never a guess dressed as
 //! evidence, and never a box or a region id ([`looks_like_box_or_id`]).
 
+pub mod boxes;
 pub mod candidates;
 pub mod copy;
 pub mod grounding;

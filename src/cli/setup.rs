@@ -1,6 +1,7 @@
 //! What `ask`, `repl` and `eval` share: building the orchestrator from command-line options.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -8,10 +9,14 @@ use anyhow::{Context, Result};
 use p2g::agents::load_available;
 use p2g::controller::embedded::EmbeddedConfig;
 use p2g::controller::llm::prompt_cache::PromptCache;
+use p2g::controller::openai::images::ImageBudget;
+use p2g::controller::openai::manifest::Manifest;
+use p2g::controller::openai::{OpenAiConfig, OpenAiController};
 use p2g::controller::prompt::Prompts;
-use p2g::controller::{ControllerChoice, EmbeddedController};
+use p2g::controller::{Controller, ControllerChoice, EmbeddedController};
 use p2g::models::Store;
 use p2g::orchestrator::{History, Orchestrator, ZoomBudget};
+use p2g::vision::mosaic::MarkStyle;
 
 use super::ModelArgs;
 
@@ -24,6 +29,83 @@ pub enum ControllerArg {
     /// A vision-language pair that sees the image and the agents' crops: --controller-model
     /// LLM.gguf --mmproj MMPROJ.gguf, or the folder added with `p2g models add llava DIR`.
     Llava,
+    /// A model behind an OpenAI-compatible server (llama.cpp, Ollama, vLLM, hosted APIs):
+    /// --base-url URL --model ID; the key from P2G_API_KEY or OPENAI_API_KEY.
+    Openai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MarkArg {
+    /// The crops tiled into one image, each cell labelled with its region id.
+    Mosaic,
+    /// Numbered boxes drawn on the whole image.
+    Marks,
+}
+
+/// Options of `--controller openai`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Remote controller (--controller openai)")]
+pub struct RemoteArgs {
+    /// The server's API root, e.g. http://127.0.0.1:8080/v1 (llama.cpp), http://127.0.0.1:11434/v1
+    /// (Ollama), http://127.0.0.1:8000/v1 (vLLM).
+    #[arg(long, value_name = "URL", env = "P2G_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// The model id the server serves (`GET /v1/models` lists them).
+    #[arg(long, value_name = "ID", env = "P2G_MODEL")]
+    pub model: Option<String>,
+
+    /// How the model writes boxes (default: from its manifest in controllers/): pixels,
+    /// shikra, ferret, minigpt-v2, kosmos-2, qwen-vl, qwen2.5-vl, florence-2, region-ids.
+    #[arg(long, value_name = "NAME")]
+    pub box_convention: Option<p2g::answer::boxes::BoxConvention>,
+
+    /// A controller manifest (TOML, as in controllers/) instead of the one the model id picks.
+    #[arg(long, value_name = "FILE.toml")]
+    pub controller_manifest: Option<PathBuf>,
+
+    /// Send images (the whole image and crops) to the model; default: its manifest's choice
+    /// (off for text models, whose servers refuse image parts).
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub images: Option<OnOff>,
+
+    /// Crops sent as separate images at native resolution; more go into one Set-of-Mark image.
+    #[arg(long, value_name = "N", default_value_t = p2g::vision::visual_tokens::FEW_CROPS)]
+    pub separate_crops: usize,
+
+    /// Longest side in pixels of the Set-of-Mark image (its fixed budget).
+    #[arg(long, value_name = "PX", default_value_t = 1024)]
+    pub mosaic_side: u32,
+
+    /// How the Set-of-Mark image is made.
+    #[arg(long, value_enum, default_value = "mosaic")]
+    pub mark_style: MarkArg,
+
+    /// Shortest side in pixels a crop sent on its own is upscaled to.
+    #[arg(long, value_name = "PX", default_value_t = 128)]
+    pub crop_min_side: u32,
+
+    /// Longest wait in seconds for the server's next bytes.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub read_timeout: u64,
+
+    /// Retries after 429, 5xx or a refused connection (waiting Retry-After, or 0.5 s doubling).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_retries: u32,
+
+    /// Wait for whole replies instead of streaming them.
+    #[arg(long)]
+    pub no_stream: bool,
+
+    /// Token budget of one reply.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_tokens: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +192,9 @@ pub struct LoopArgs {
     pub max_pixels: u64,
 
     #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    #[command(flatten)]
     pub models: ModelArgs,
 }
 
@@ -128,12 +213,15 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     let choice = match args.controller {
         ControllerArg::Qwen => ControllerChoice::Qwen,
         ControllerArg::Smollm2 => ControllerChoice::Smollm2,
-        ControllerArg::Llava => ControllerChoice::Qwen,
+        ControllerArg::Llava | ControllerArg::Openai => ControllerChoice::Qwen,
     };
     if args.mmproj.is_some() && args.controller != ControllerArg::Llava {
         anyhow::bail!("--mmproj is for --controller llava (a vision-language pair)");
     }
-    let controller = match (&args.controller_model, args.controller) {
+    let controller: Arc<dyn Controller> = match (&args.controller_model, args.controller) {
+        (_, ControllerArg::Openai) => Arc::new(
+            remote(&args.remote, cfg.prompts).context("cannot set up the remote controller")?,
+        ),
         (_, ControllerArg::Llava) => {
             let (llm, mmproj) = match (&args.controller_model, &args.mmproj) {
                 (Some(l), Some(m)) => (l.clone(), m.clone()),
@@ -148,20 +236,28 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
                 ),
             };
             let vision = p2g::controller::llava::VisionConfig { pool: args.pool };
-            p2g::controller::llava::load(&llm, &mmproj, cfg, vision)
+            Arc::new(
+                p2g::controller::llava::load(&llm, &mmproj, cfg, vision)
+                    .context("cannot load the controller model")?,
+            )
         }
         (Some(path), _) => {
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "custom".into());
-            EmbeddedController::from_file(path, &name, cfg)
+            Arc::new(
+                EmbeddedController::from_file(path, &name, cfg)
+                    .context("cannot load the controller model")?,
+            )
         }
-        (None, _) => EmbeddedController::load(choice, &source, cfg),
-    }
-    .context("cannot load the controller model")?;
+        (None, _) => Arc::new(
+            EmbeddedController::load(choice, &source, cfg)
+                .context("cannot load the controller model")?,
+        ),
+    };
     let mut b = Orchestrator::builder()
-        .controller(controller)
+        .controller_arc(controller)
         .max_steps(args.max_steps)
         .agent_timeout(Duration::from_secs(args.agent_timeout.max(1)))
         .answer_by(Duration::from_secs(args.answer_by.max(1)))
@@ -194,6 +290,40 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         }
     }
     Ok(b.build()?)
+}
+
+/// The controller behind an OpenAI-compatible server.
+fn remote(r: &RemoteArgs, prompts: Prompts) -> Result<OpenAiController> {
+    let (Some(base_url), Some(model)) = (&r.base_url, &r.model) else {
+        anyhow::bail!(
+            "--controller openai needs --base-url URL (e.g. http://127.0.0.1:8080/v1) and \
+             --model ID (the server's `GET /v1/models` lists them); README, \"Remote controllers\""
+        );
+    };
+    let mut cfg = OpenAiConfig::new(base_url, model, prompts)?;
+    if let Some(path) = &r.controller_manifest {
+        cfg.manifest = Manifest::from_file(path)?;
+    }
+    cfg.convention = r.box_convention;
+    cfg.images = r.images.map(|i| i == OnOff::On);
+    cfg.client.api_key = ["P2G_API_KEY", "OPENAI_API_KEY"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+    cfg.client.read_timeout = Duration::from_secs(r.read_timeout.max(1));
+    cfg.client.max_retries = r.max_retries;
+    cfg.stream = !r.no_stream;
+    cfg.max_tokens = r.max_tokens.max(16);
+    cfg.budget = ImageBudget {
+        separate: r.separate_crops,
+        mosaic_side: r.mosaic_side.max(64),
+        crop_min_side: r.crop_min_side,
+        style: match r.mark_style {
+            MarkArg::Mosaic => MarkStyle::Mosaic,
+            MarkArg::Marks => MarkStyle::Marks,
+        },
+        ..ImageBudget::default()
+    };
+    Ok(OpenAiController::new(cfg)?)
 }
 
 /// The async runtime the commands drive the loop on (agents and the controller run their

@@ -34,6 +34,9 @@ pub fn run(cmd: TraceCmd) -> Result<ExitCode> {
             let events = p2g::trace::read(&file)?;
             let cited = p2g::trace::draw(&events, image.as_deref(), &out)?;
             eprintln!("p2g: wrote {} ({cited} cited regions)", out.display());
+            for m in p2g::trace::draw_mosaics(&events, image.as_deref(), &out)? {
+                eprintln!("p2g: wrote {} (a Set-of-Mark image as sent)", m.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

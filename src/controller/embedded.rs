@@ -679,6 +679,7 @@ fn answered(
                 .map(|region| Citation {
                     region,
                     phrase: None,
+                    bbox: None,
                 })
                 .collect(),
         },

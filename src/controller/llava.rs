@@ -189,6 +189,7 @@ impl Vision {
                 bbox: p.bbox,
                 encoder: p.encoder,
                 tokens: ids.len(),
+                layout: None,
             });
             tokens.extend(ids);
             from = at + p.marker.len();

@@ -13,6 +13,7 @@
 pub mod embedded;
 pub mod llava;
 pub mod llm;
+pub mod openai;
 pub mod parse;
 pub mod prompt;
 
@@ -76,6 +77,9 @@ pub struct VisualInput {
     /// The region id this crop shows (`None` for the whole image).
     pub region: Option<String>,
     pub bbox: BBox,
+    /// The part of the image `image` shows, in image pixels: `bbox` with a margin, clamped
+    /// (the whole image for the whole image). `image` may be smaller than it (shrunk).
+    pub window: BBox,
     pub image: Image,
 }
 
@@ -118,6 +122,10 @@ impl Conversation {
 pub struct Citation {
     pub region: String,
     pub phrase: Option<String>,
+    /// A box the controller drew itself (in image pixels; its convention parsed by
+    /// [`crate::answer::boxes`]), grounding the phrase where no region of the evidence does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bbox: Option<BBox>,
 }
 
 /// The controller's next step.
@@ -200,8 +208,12 @@ pub struct ShownImage {
     pub bbox: BBox,
     /// What encoded it: the MLP, a learned or a pooled resampler.
     pub encoder: crate::vision::visual_tokens::Encoder,
-    /// Visual tokens it took in the prompt.
+    /// Visual tokens it took in the prompt (0 where a remote server does the counting).
     pub tokens: usize,
+    /// For a Set-of-Mark image: how its crops were laid out, so `p2g trace draw` can render it
+    /// again from the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<crate::vision::mosaic::Layout>,
 }
 
 /// Receives answer text as it is generated.
@@ -246,6 +258,11 @@ pub enum ControllerError {
     Cancelled,
     #[error(transparent)]
     Vision(#[from] crate::vision::mmproj::MmprojError),
+    /// A remote controller's server could not be used.
+    #[error(transparent)]
+    Api(#[from] openai::client::ApiError),
+    #[error(transparent)]
+    Manifest(#[from] openai::manifest::ManifestError),
     /// A language model and an mmproj file that do not belong together.
     #[error(
         "{llm} and {mmproj} are not a pair: {reason} (see the README, \"Vision-language \

@@ -200,7 +200,8 @@ fn environment() -> minijinja::Environment<'static> {
     env
 }
 
-fn render(name: &str, template: &str, ctx: Value) -> Result<String, ControllerError> {
+/// Renders one of the templates of `prompts/` (`name` for errors).
+pub fn render(name: &str, template: &str, ctx: Value) -> Result<String, ControllerError> {
     let env = environment();
     let t = env.template_from_str(template).map_err(|e| bad(name, e))?;
     t.render(ctx).map_err(|e| bad(name, e))

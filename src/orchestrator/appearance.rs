@@ -94,10 +94,12 @@ impl Session<'_> {
             let mut cites = vec![Citation {
                 region: region.id.clone(),
                 phrase: None,
+                bbox: None,
             }];
             cites.extend(object.map(|id| Citation {
                 region: id,
                 phrase: None,
+                bbox: None,
             }));
             match named.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, c)) => c.extend(cites),

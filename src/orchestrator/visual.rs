@@ -35,6 +35,7 @@ impl Session<'_> {
         let mut inputs = vec![VisualInput {
             region: None,
             bbox: whole,
+            window: whole,
             image: global,
         }];
         let kind = |r: &RegionText| self.evidence.get(&r.id).map(|e| e.kind);
@@ -63,6 +64,7 @@ impl Session<'_> {
             inputs.push(VisualInput {
                 region: Some(r.id.clone()),
                 bbox: r.bbox,
+                window: b,
                 image: shrunk(cut),
             });
         }

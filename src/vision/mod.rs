@@ -8,9 +8,11 @@
 pub mod colour;
 pub mod crop;
 pub mod draw;
+pub mod font;
 pub mod geometry;
 mod image;
 pub mod mmproj;
+pub mod mosaic;
 pub mod tiling;
 pub mod visual_tokens;
 

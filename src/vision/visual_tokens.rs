@@ -53,6 +53,16 @@ pub enum Encoder {
     LearnedResampler,
     /// Parameter-free: the MLP's projected grid average-pooled to `k x k`.
     PooledResampler { k: usize },
+    /// Sent to a remote model as its own image part, at native resolution (P²G's MLP path
+    /// over an API: all the crop's pixels).
+    ImagePart { width: u32, height: u32 },
+    /// Tiled with other crops into one Set-of-Mark image of a fixed size (the resampler over
+    /// an API: a budget that does not grow with the crops).
+    SetOfMark {
+        width: u32,
+        height: u32,
+        crops: usize,
+    },
 }
 
 impl std::fmt::Display for Encoder {
@@ -61,6 +71,12 @@ impl std::fmt::Display for Encoder {
             Encoder::Mlp => write!(f, "mlp"),
             Encoder::LearnedResampler => write!(f, "resampler (learned)"),
             Encoder::PooledResampler { k } => write!(f, "resampler (pooled {k}x{k})"),
+            Encoder::ImagePart { width, height } => write!(f, "image part {width}x{height}"),
+            Encoder::SetOfMark {
+                width,
+                height,
+                crops,
+            } => write!(f, "set-of-mark {width}x{height} ({crops} crops)"),
         }
     }
 }
@@ -127,6 +143,8 @@ impl VisualTokenizer {
             Encoder::Mlp => side * side,
             Encoder::LearnedResampler => self.mmproj.tokens_per_image(),
             Encoder::PooledResampler { k } => k.min(side).pow(2),
+            // A remote model's server encodes these; it does not say how many tokens.
+            Encoder::ImagePart { .. } | Encoder::SetOfMark { .. } => 0,
         }
     }
 
@@ -138,8 +156,13 @@ impl VisualTokenizer {
                 .entered();
         let (rows, grid) = self.projected(rgb)?;
         Ok(match encoder {
-            Encoder::Mlp | Encoder::LearnedResampler => rows,
             Encoder::PooledResampler { k } => resampler::pool(&rows, grid, k)?,
+            // The remote encoders are never planned for a local tower; every row is the
+            // honest fallback.
+            Encoder::Mlp
+            | Encoder::LearnedResampler
+            | Encoder::ImagePart { .. }
+            | Encoder::SetOfMark { .. } => rows,
         })
     }
 }

@@ -25,6 +25,8 @@ pub fn eval_dir(sub: &str) -> PathBuf {
     dir
 }
 
+pub mod llama_server;
+
 /// The async runtime tests drive the loop on (two workers, as the CLI).
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,10 @@ pub struct SroieCmd {
     /// Append every step of every question to FILE.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Receipts asked at once (one thread each, one shared orchestrator): a load test of a
+    /// remote controller's server. The embedded controller answers one question at a time.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    parallel: usize,
     /// Ask only these fields (comma-separated), in this order; the others are not scored.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELDS")]
     fields: Vec<Field>,
@@ -113,6 +117,11 @@ struct Summary {
     accuracy: Accuracy,
     similarity: Accuracy,
     median_s: f64,
+    /// Questions that ended in an error (a server down, a timeout).
+    failures: usize,
+    /// Receipts asked at once, and the whole run's seconds.
+    parallel: usize,
+    wall_s: f64,
 }
 
 fn receipts(dir: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
@@ -153,6 +162,7 @@ pub fn run(cmd: SroieCmd) -> Result<ExitCode> {
         limit,
         trace,
         fields,
+        parallel,
         args,
     } = cmd;
     let fields: &[Field] = if fields.is_empty() {
@@ -164,73 +174,53 @@ pub fn run(cmd: SroieCmd) -> Result<ExitCode> {
     if let Some(n) = limit {
         items.truncate(n);
     }
+    if trace.is_some() && parallel > 1 {
+        bail!("--trace with --parallel > 1 would interleave questions in one file; trace one at a time");
+    }
     let orch = build(&args, p2g::orchestrator::History::Evidence)?;
     let rt = crate::cli::setup::runtime()?;
-    let mut results: Vec<QuestionResult> = Vec::new();
-    let mut receipts_read = 0usize;
-    let mut out = std::io::stdout().lock();
-    for (i, (name, img, key)) in items.iter().enumerate() {
-        let keys: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(key)
-                .with_context(|| format!("cannot read {}", key.display()))?,
-        )
-        .with_context(|| format!("{} is not JSON", key.display()))?;
-        let image = match Image::open(
-            img,
-            &LoadOptions {
-                max_pixels: args.max_pixels,
-            },
-        ) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("p2g: {name}: {e}");
-                continue;
-            }
-        };
-        // One conversation per receipt: later questions reuse what the first one read.
-        receipts_read += 1;
-        let mut session = orch.session(image, img);
-        if let Some(t) = &trace {
-            session.set_trace(p2g::trace::TraceSink::to_file(t)?);
+    let job = Job {
+        orch: &orch,
+        rt: &rt,
+        fields,
+        trace: trace.as_deref(),
+        max_pixels: args.max_pixels,
+        json,
+        total: items.len(),
+    };
+    // Workers take the next receipt; results are put back in the receipts' order.
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<(usize, Vec<QuestionResult>)>> = Default::default();
+    let first_error: std::sync::Mutex<Option<anyhow::Error>> = Default::default();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.clamp(1, 64) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(item) = items.get(i) else {
+                    return;
+                };
+                match job.receipt(i, item) {
+                    Ok(Some(r)) => done.lock().map(|mut d| d.push((i, r))).unwrap_or(()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if let Ok(mut f) = first_error.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
         }
-        for &f in fields {
-            let field = f.key();
-            let expected = keys[field].as_str().unwrap_or_default().to_string();
-            let t0 = Instant::now();
-            let r = rt.block_on(session.ask(f.question(), AskOptions::default()));
-            let seconds = t0.elapsed().as_secs_f64();
-            let (answer, steps, error) = match r {
-                Ok(a) => (a.answer, a.steps, None),
-                Err(e) => (String::new(), 0, Some(e.to_string())),
-            };
-            let res = QuestionResult {
-                receipt: name.clone(),
-                field,
-                correct: error.is_none() && normalise(&answer) == normalise(&expected),
-                similarity: similarity(&answer, &expected),
-                answer,
-                expected,
-                seconds,
-                steps,
-                error,
-            };
-            if json {
-                serde_json::to_writer(&mut out, &res)?;
-                writeln!(out)?;
-            } else {
-                eprintln!(
-                    "[{}/{}] {name} {field:<8} {} {:?} (expected {:?}) {:.1} s",
-                    i + 1,
-                    items.len(),
-                    if res.correct { "✓" } else { "✗" },
-                    res.answer,
-                    res.expected,
-                    seconds
-                );
-            }
-            results.push(res);
-        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
     }
+    let mut done = done.into_inner().unwrap_or_default();
+    done.sort_by_key(|(i, _)| *i);
+    let receipts_read = done.len();
+    let results: Vec<QuestionResult> = done.into_iter().flat_map(|(_, r)| r).collect();
+    let mut out = std::io::stdout().lock();
     let acc = |f: Option<Field>, sim: bool| -> Option<f64> {
         if f.is_some_and(|f| !fields.contains(&f)) {
             return None;
@@ -267,6 +257,9 @@ pub fn run(cmd: SroieCmd) -> Result<ExitCode> {
         accuracy: summarise(false),
         similarity: summarise(true),
         median_s,
+        failures: results.iter().filter(|r| r.error.is_some()).count(),
+        parallel: parallel.clamp(1, 64),
+        wall_s: started.elapsed().as_secs_f64(),
     };
     if json {
         serde_json::to_writer(&mut out, &summary)?;
@@ -298,8 +291,102 @@ pub fn run(cmd: SroieCmd) -> Result<ExitCode> {
             }
         }
         writeln!(out, "median seconds per question: {median_s:.2}")?;
+        writeln!(
+            out,
+            "failures: {}  wall: {:.1} s ({} at once)",
+            summary.failures, summary.wall_s, summary.parallel
+        )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What every receipt of one run shares.
+struct Job<'a> {
+    orch: &'a p2g::orchestrator::Orchestrator,
+    rt: &'a tokio::runtime::Runtime,
+    fields: &'a [Field],
+    trace: Option<&'a Path>,
+    max_pixels: u64,
+    json: bool,
+    total: usize,
+}
+
+impl Job<'_> {
+    /// Asks every field of one receipt (`None`: its image could not be read, said on stderr).
+    fn receipt(
+        &self,
+        i: usize,
+        (name, img, key): &(String, PathBuf, PathBuf),
+    ) -> Result<Option<Vec<QuestionResult>>> {
+        let keys: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read {}", key.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", key.display()))?;
+        let image = match Image::open(
+            img,
+            &LoadOptions {
+                max_pixels: self.max_pixels,
+            },
+        ) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("p2g: {name}: {e}");
+                return Ok(None);
+            }
+        };
+        // One conversation per receipt: later questions reuse what the first one read.
+        let mut session = self.orch.session(image, img);
+        if let Some(t) = self.trace {
+            session.set_trace(p2g::trace::TraceSink::to_file(t)?);
+        }
+        let mut results = Vec::with_capacity(self.fields.len());
+        for &f in self.fields {
+            let field = f.key();
+            let expected = keys[field].as_str().unwrap_or_default().to_string();
+            let t0 = Instant::now();
+            let r = self
+                .rt
+                .block_on(session.ask(f.question(), AskOptions::default()));
+            let seconds = t0.elapsed().as_secs_f64();
+            let (answer, steps, error) = match r {
+                Ok(a) => (a.answer, a.steps, None),
+                Err(e) => (String::new(), 0, Some(e.to_string())),
+            };
+            let res = QuestionResult {
+                receipt: name.clone(),
+                field,
+                correct: error.is_none() && normalise(&answer) == normalise(&expected),
+                similarity: similarity(&answer, &expected),
+                answer,
+                expected,
+                seconds,
+                steps,
+                error,
+            };
+            if self.json {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer(&mut out, &res)?;
+                writeln!(out)?;
+            } else {
+                eprintln!(
+                    "[{}/{}] {name} {field:<8} {} {:?} (expected {:?}) {:.1} s{}",
+                    i + 1,
+                    self.total,
+                    if res.correct { "✓" } else { "✗" },
+                    res.answer,
+                    res.expected,
+                    seconds,
+                    res.error
+                        .as_deref()
+                        .map(|e| format!(" error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            results.push(res);
+        }
+        Ok(Some(results))
+    }
 }
 
 #[cfg(test)]

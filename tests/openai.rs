@@ -1,0 +1,372 @@
+//! `--controller openai` against a real llama.cpp server (PyPI `llama-cpp-python[server]`)
+//! on loopback, serving the Qwen2.5-Coder-0.5B GGUF p2g fetches: tool calls in the text and in
+//! the `tool_calls` field, a whole `p2g ask` through it, streaming, a server killed mid-answer,
+//! and the errors of wrong URLs, keys and bodies (some from a small raw-HTTP peer, for the
+//! replies a llama.cpp server never sends).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::llama_server::{free_port, qwen_gguf, LlamaServer};
+use p2g::controller::openai::client::{ApiError, Client, ClientConfig};
+use p2g::controller::openai::{OpenAiConfig, OpenAiController};
+use p2g::controller::prompt::Prompts;
+use p2g::controller::{
+    Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText, StepContext, Turn,
+};
+use p2g::orchestrator::{AskOptions, Orchestrator};
+use p2g::vision::{BBox, Image, LoadOptions};
+use serde_json::json;
+
+/// One server at a time: each loads the model on both cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn controller(base_url: &str, change: impl FnOnce(&mut OpenAiConfig)) -> OpenAiController {
+    let mut cfg = OpenAiConfig::new(base_url, "qwen", Prompts::embedded().unwrap()).unwrap();
+    cfg.client.max_retries = 2;
+    change(&mut cfg);
+    OpenAiController::new(cfg).unwrap()
+}
+
+fn ocr_tool() -> p2g::agents::ToolDefinition {
+    p2g::agents::AgentManifest::embedded("ocr")
+        .unwrap()
+        .definition()
+}
+
+fn question(text: &str) -> Conversation {
+    Conversation {
+        image: ImageFacts {
+            name: "receipt.jpg".into(),
+            width: 463,
+            height: 1013,
+        },
+        turns: vec![Turn::Question {
+            text: text.into(),
+            region: None,
+        }],
+        tools: vec![ocr_tool()],
+        regions: Vec::new(),
+        visual: Vec::new(),
+        must_answer: false,
+        narrowed: false,
+        document: None,
+    }
+}
+
+/// A question with no agents offered (the controller may answer at once).
+fn untooled(text: &str) -> Conversation {
+    Conversation {
+        tools: Vec::new(),
+        ..question(text)
+    }
+}
+
+#[test]
+fn tool_calls_come_back_in_the_text_and_in_the_field() {
+    let _one = serial();
+    let server = LlamaServer::start(&qwen_gguf(), &[]);
+    let rt = common::rt();
+    let c = controller(&server.base_url(), |_| {});
+    // A model that cannot see and has no evidence must look first: the one tool is named in
+    // `tool_choice`, the server constrains the output to its schema and returns the call in
+    // the `tool_calls` field (the trace's raw form `ocr(ARGUMENTS)`).
+    let conv = question("What is the total amount on this receipt?");
+    let step = rt
+        .block_on(c.decide(&conv, &StepContext::default()))
+        .unwrap();
+    assert!(step.raw.starts_with("ocr("), "{:?}", step.raw);
+    assert!(
+        matches!(&step.decision, Decision::Call { agent, .. } if agent == "ocr"),
+        "{:?}",
+        step.decision
+    );
+    // With evidence, `tool_choice: auto`: llama.cpp's server renders the model's chat template
+    // with the tools and returns what the model wrote, the call as text.
+    let mut conv = conv;
+    conv.turns.push(Turn::Call {
+        agent: "ocr".into(),
+        arguments: json!({}),
+    });
+    conv.turns.push(Turn::Observation {
+        agent: "ocr".into(),
+        content: "[top] r1 BOOK TA .K (TAMAN DAYA) SDN BHD\n[bottom] r2 TOTAL | r3 9.00".into(),
+    });
+    conv.regions = [
+        (
+            "r1",
+            "BOOK TA .K (TAMAN DAYA) SDN BHD",
+            [69.0, 89.0, 422.0, 115.0],
+            0,
+        ),
+        ("r2", "TOTAL", [242.0, 637.0, 298.0, 660.0], 1),
+        ("r3", "9.00", [406.0, 635.0, 448.0, 657.0], 1),
+    ]
+    .into_iter()
+    .map(|(id, text, b, row)| RegionText {
+        id: id.into(),
+        text: text.into(),
+        row,
+        bbox: BBox::from(b),
+        score: 0.95,
+    })
+    .collect();
+    let step = rt
+        .block_on(c.decide(&conv, &StepContext::default()))
+        .unwrap();
+    assert!(
+        step.raw.contains("\"name\""),
+        "a call written as text: {:?}",
+        step.raw
+    );
+    assert!(
+        !step.raw.starts_with("ocr(") && !step.raw.starts_with("answer("),
+        "{:?}",
+        step.raw
+    );
+    // The last step must answer: the answer tool is named, the server constrains its output
+    // to the tool's schema and returns it in `tool_calls`.
+    conv.must_answer = true;
+    let step = rt
+        .block_on(c.decide(&conv, &StepContext::default()))
+        .unwrap();
+    assert!(step.raw.starts_with("answer("), "{:?}", step.raw);
+    let Decision::Answer { text, .. } = &step.decision else {
+        panic!("not an answer: {:?}", step.decision)
+    };
+    assert!(!text.trim().is_empty());
+    assert!(
+        step.stats.prompt_tokens > 0,
+        "usage is read: {:?}",
+        step.stats
+    );
+}
+
+#[test]
+fn p2g_ask_answers_through_the_server() {
+    let _one = serial();
+    let server = LlamaServer::start(&qwen_gguf(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_p2g"))
+        .arg("ask")
+        .arg(common::fixture("receipt.jpg"))
+        .arg("What is the total amount?")
+        .args(["--controller", "openai", "--model", "qwen", "--json"])
+        .args(["--base-url", &server.base_url()])
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(answer["answer"], "9.00", "{answer}");
+    assert!(
+        !answer["grounding"].as_array().unwrap().is_empty(),
+        "{answer}"
+    );
+    let events = p2g::trace::read(&trace).unwrap();
+    let controller = events.iter().find_map(|e| match e {
+        p2g::trace::TraceEvent::Question { controller, .. } => Some(controller.clone()),
+        _ => None,
+    });
+    assert_eq!(controller.as_deref(), Some("openai:qwen"));
+}
+
+#[test]
+fn replies_stream_and_a_killed_server_is_one_clear_error_then_the_session_recovers() {
+    let _one = serial();
+    let port = free_port();
+    let server = Arc::new(Mutex::new(LlamaServer::start_on(port, &qwen_gguf(), &[])));
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let rt = common::rt();
+    let mut cfg = ClientConfig::new(&url);
+    cfg.max_retries = 1;
+    let client = Client::new(cfg).unwrap();
+    let body = |n: u32| {
+        json!({ "model": "qwen", "max_tokens": n, "temperature": 0.0, "messages": [
+            { "role": "user", "content": "Write a long story about a lighthouse keeper." }] })
+    };
+    // Streaming: the text arrives in pieces that add up to the reply.
+    let pieces = Arc::new(Mutex::new(Vec::<String>::new()));
+    let p = pieces.clone();
+    let reply = rt
+        .block_on(client.chat(
+            &body(24),
+            true,
+            &mut move |t: &str| p.lock().unwrap().push(t.to_string()),
+            &AtomicBool::new(false),
+        ))
+        .unwrap();
+    let pieces = pieces.lock().unwrap().clone();
+    assert!(pieces.len() >= 5, "{pieces:?}");
+    assert_eq!(pieces.concat(), reply.content);
+    assert_eq!(reply.finish_reason.as_deref(), Some("length"));
+    // Killed after the first words: the reply is cut, and the error says so on one line.
+    let s = server.clone();
+    let mut killed = false;
+    let err = rt
+        .block_on(client.chat(
+            &body(400),
+            true,
+            &mut move |_: &str| {
+                if !killed {
+                    s.lock().unwrap().kill();
+                    killed = true;
+                }
+            },
+            &AtomicBool::new(false),
+        ))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ApiError::Truncated { .. }), "{msg}");
+    assert!(msg.contains(&url) && !msg.contains('\n'), "{msg}");
+    // A session keeps its evidence while the server is down, and answers once it is back.
+    let orch = Orchestrator::builder()
+        .controller(controller(&url, |_| {}))
+        .agent(common::agent_with(|_| {}))
+        .answer_by(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let path = common::fixture("receipt.jpg");
+    let image = Image::open(&path, &LoadOptions::default()).unwrap();
+    let mut session = orch.session(image, &path);
+    let down = rt
+        .block_on(session.ask("What is the total amount?", AskOptions::default()))
+        .unwrap_err();
+    let msg = down.to_string();
+    assert!(
+        msg.contains("cannot connect") && msg.contains("is the server running"),
+        "{msg}"
+    );
+    *server.lock().unwrap() = LlamaServer::start_on(port, &qwen_gguf(), &[]);
+    let a = rt
+        .block_on(session.ask("What is the total amount?", AskOptions::default()))
+        .unwrap();
+    assert_eq!(a.answer, "9.00");
+}
+
+#[test]
+fn a_key_the_server_refuses_is_named() {
+    let _one = serial();
+    let server = LlamaServer::start(&qwen_gguf(), &["--api_key", "sesame"]);
+    let rt = common::rt();
+    let wrong = controller(&server.base_url(), |c| {
+        c.client.api_key = Some("guess".into())
+    });
+    let err = rt
+        .block_on(wrong.decide(&question("What is the total?"), &StepContext::default()))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, ControllerError::Api(ApiError::Unauthorized { .. })),
+        "{msg}"
+    );
+    assert!(msg.contains("P2G_API_KEY"), "{msg}");
+    let right = controller(&server.base_url(), |c| {
+        c.client.api_key = Some("sesame".into())
+    });
+    assert_eq!(rt.block_on(right.served_models()).unwrap(), ["qwen"]);
+}
+
+/// A raw HTTP peer: answers each connection with the next canned response, then closes.
+fn canned(responses: Vec<Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for r in responses {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 65536];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&r);
+        }
+    });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+fn http(status: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn wrong_urls_unknown_models_and_broken_bodies_say_what_to_check() {
+    let rt = common::rt();
+    let ask = |url: &str| {
+        let c = controller(url, |c| {
+            c.client.max_retries = 1;
+            c.stream = false;
+        });
+        rt.block_on(c.decide(&untooled("What is the total?"), &StepContext::default()))
+            .unwrap_err()
+            .to_string()
+    };
+    let refused = ask(&format!("http://127.0.0.1:{}/v1", free_port()));
+    assert!(refused.contains("is the server running"), "{refused}");
+    let html = ask(&canned(vec![http(
+        "200 OK",
+        "",
+        "<html>welcome to nginx</html>",
+    )]));
+    assert!(
+        html.contains("not the API's JSON") && html.contains("nginx"),
+        "{html}"
+    );
+    let cut = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{}",
+        r#"{"choices":[{"message":{"content":"The to"#
+    );
+    let truncated = ask(&canned(vec![cut.into_bytes()]));
+    assert!(truncated.contains("cut off"), "{truncated}");
+    let ollama = r#"{"error":"model \"qwen\" not found, try pulling it first"}"#;
+    let listing = r#"{"object":"list","data":[{"id":"llava:7b"},{"id":"qwen2.5vl:7b"}]}"#;
+    let unknown = ask(&canned(vec![
+        http("404 Not Found", "", ollama),
+        http("200 OK", "", listing),
+    ]));
+    assert!(
+        unknown.contains("does not serve the model \"qwen\"") && unknown.contains("qwen2.5vl:7b"),
+        "{unknown}"
+    );
+    let no_v1 = ask(&canned(vec![http(
+        "404 Not Found",
+        "",
+        r#"{"detail":"Not Found"}"#,
+    )]));
+    assert!(no_v1.contains("end in /v1"), "{no_v1}");
+    // 503 with Retry-After, then an answer: retried after the wait it asked for.
+    let ok = r#"{"choices":[{"message":{"content":"9.00"},"finish_reason":"stop"}]}"#;
+    let url = canned(vec![
+        http(
+            "503 Service Unavailable",
+            "Retry-After: 1\r\n",
+            r#"{"error":"loading"}"#,
+        ),
+        http("200 OK", "", ok),
+    ]);
+    let c = controller(&url, |c| c.stream = false);
+    let t0 = std::time::Instant::now();
+    let step = rt
+        .block_on(c.decide(&untooled("What is the total?"), &StepContext::default()))
+        .unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    assert!(matches!(step.decision, Decision::Answer { ref text, .. } if text == "9.00"));
+}
