@@ -19,6 +19,7 @@ use p2g::controller::openai::{OpenAiConfig, OpenAiController};
 use p2g::controller::prompt::Prompts;
 use p2g::controller::{
     Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText, StepContext, Turn,
+    VisualInput,
 };
 use p2g::orchestrator::{AskOptions, Orchestrator};
 use p2g::vision::{BBox, Image, LoadOptions};
@@ -369,4 +370,152 @@ fn wrong_urls_unknown_models_and_broken_bodies_say_what_to_check() {
         .unwrap();
     assert!(t0.elapsed() >= Duration::from_millis(900));
     assert!(matches!(step.decision, Decision::Answer { ref text, .. } if text == "9.00"));
+}
+
+/// The whole image and `crops` crops of it, as the loop gives a controller that sees.
+fn seeing(crops: usize) -> Conversation {
+    let path = common::fixture("mmproj").join("tiny_image.png");
+    let img = Image::open(&path, &LoadOptions::default()).unwrap();
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let whole = BBox::new(0.0, 0.0, w, h);
+    let mut visual = vec![VisualInput {
+        region: None,
+        bbox: whole,
+        window: whole,
+        image: img.clone(),
+    }];
+    for i in 0..crops {
+        let (x, y) = ((i % 4) as u32 * 5, (i / 4) as u32 * 5);
+        let b = BBox::new(x as f32, y as f32, (x + 20) as f32, (y + 15) as f32);
+        let cut = image::imageops::crop_imm(img.rgb(), x, y, 20, 15).to_image();
+        visual.push(VisualInput {
+            region: Some(format!("r{}", i + 1)),
+            bbox: b,
+            window: b,
+            image: Image::from_rgb(cut),
+        });
+    }
+    Conversation {
+        image: ImageFacts {
+            name: "tiny_image.png".into(),
+            width: img.width(),
+            height: img.height(),
+        },
+        visual,
+        ..untooled("What is in the picture?")
+    }
+}
+
+#[test]
+fn image_parts_reach_the_servers_multimodal_handler() {
+    let _one = serial();
+    // The tiny generated LLaVA pair of the vision issue, loaded by llama.cpp's own clip code.
+    let server = LlamaServer::start(
+        &common::fixture("llava").join("tiny_llm_llama.gguf"),
+        &[
+            "--clip_model_path",
+            common::fixture("mmproj")
+                .join("tiny_mmproj_mlp.gguf")
+                .to_str()
+                .unwrap(),
+            "--chat_format",
+            "llava-1-5",
+            "--n_ctx",
+            "4096",
+        ],
+    );
+    let rt = common::rt();
+    let c = controller(&server.base_url(), |c| {
+        c.images = Some(true);
+        c.manifest.tools = false;
+        c.max_tokens = 4;
+        c.stream = false;
+    });
+    assert!(c.accepts_images());
+    // Random weights write noise, cut at 4 tokens: the step is "malformed" either way; what
+    // counts is what the server took in.
+    let prompt_tokens = |crops: usize| {
+        let conv = seeing(crops);
+        let (stats, shown) = match rt.block_on(c.decide(&conv, &StepContext::default())) {
+            Ok(step) => (step.stats, step.shown),
+            Err(ControllerError::Malformed { stats, .. }) => (stats, Vec::new()),
+            Err(e) => panic!("the server refused the images: {e}"),
+        };
+        (stats.prompt_tokens, shown)
+    };
+    let (whole, _) = prompt_tokens(0);
+    let (two, _) = prompt_tokens(2);
+    let (three, _) = prompt_tokens(3);
+    let (five, _) = prompt_tokens(5);
+    let (six, _) = prompt_tokens(6);
+    // The server took every image in: each separate crop costs its label and the tower's
+    // grid of tokens; past four crops they share one Set-of-Mark image, so one more crop
+    // costs only its id in the caption — the fixed budget.
+    let label_and_image = three - two;
+    let in_the_mosaic = six - five;
+    eprintln!("prompt tokens by crops: 0 {whole}, 2 {two}, 3 {three}, 5 {five}, 6 {six}");
+    assert!(two > whole, "{whole} {two}");
+    assert!(
+        label_and_image >= in_the_mosaic + 10,
+        "one more separate crop: +{label_and_image} tokens; one more in the mosaic: +{in_the_mosaic}"
+    );
+    assert!(five < whole + 4 * label_and_image, "{whole} {five}");
+}
+
+#[test]
+fn trace_show_and_draw_give_what_a_remote_model_was_sent() {
+    use p2g::controller::openai::images::{prepare, ImageBudget, PartCache};
+    let dir = tempfile::tempdir().unwrap();
+    let conv = seeing(6);
+    let sent = prepare(&conv.visual, &ImageBudget::default(), &PartCache::default());
+    let trace = dir.path().join("t.jsonl");
+    let mut sink = p2g::trace::TraceSink::to_file(&trace).unwrap();
+    let image = common::fixture("mmproj").join("tiny_image.png");
+    sink.record(p2g::trace::TraceEvent::Question {
+        question: "What is in the picture?".into(),
+        region: None,
+        image: image.display().to_string(),
+        width: conv.image.width,
+        height: conv.image.height,
+        controller: "openai:tiny".into(),
+        tools: Vec::new(),
+    });
+    sink.record(p2g::trace::TraceEvent::Visual {
+        step: 1,
+        tokens: 0,
+        images: sent.records.clone(),
+    });
+    drop(sink);
+    let p2g = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_p2g"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (shown, _) = p2g(&["trace", "show", trace.to_str().unwrap()]);
+    assert!(shown.contains("set-of-mark"), "{shown}");
+    assert!(shown.contains("r1,r2,r3,r4,r5,r6"), "{shown}");
+    let out = dir.path().join("d.png");
+    let (_, said) = p2g(&[
+        "trace",
+        "draw",
+        trace.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let mosaic = dir.path().join("d-mosaic-1-1.png");
+    assert!(said.contains("d-mosaic-1-1.png"), "{said}");
+    // The same pixels as were sent: rendered again from the image by the recorded layout.
+    let drawn = image::open(&mosaic).unwrap().to_rgb8();
+    let (_, part) = sent.mosaic.as_ref().unwrap();
+    assert_eq!((drawn.width(), drawn.height()), (part.width, part.height));
 }

@@ -226,3 +226,83 @@ pub fn encode(rgb: &RgbImage) -> Part {
         height: rgb.height(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::Image;
+
+    fn visual(crops: usize) -> Vec<VisualInput> {
+        let rgb = RgbImage::from_fn(400, 300, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        });
+        let whole = BBox::new(0.0, 0.0, 400.0, 300.0);
+        let mut v = vec![VisualInput {
+            region: None,
+            bbox: whole,
+            window: whole,
+            image: Image::from_rgb(rgb.clone()),
+        }];
+        for i in 0..crops {
+            let b = BBox::new(i as f32 * 30.0, 10.0, i as f32 * 30.0 + 60.0, 30.0);
+            let cut = image::imageops::crop_imm(&rgb, b.x1 as u32, 10, 60, 20).to_image();
+            v.push(VisualInput {
+                region: Some(format!("r{}", i + 1)),
+                bbox: b,
+                window: b,
+                image: Image::from_rgb(cut),
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn few_crops_go_alone_and_upscaled_many_go_into_one_set_of_mark_image() {
+        let cache = PartCache::default();
+        let budget = ImageBudget::default();
+        let few = prepare(&visual(3), &budget, &cache);
+        assert!(few.whole.is_some() && few.mosaic.is_none());
+        assert_eq!(few.crops.len(), 3);
+        // A 60x20 line is brought to a 128-pixel short side, its shape kept.
+        assert_eq!(
+            (few.crops[0].part.width, few.crops[0].part.height),
+            (384, 128)
+        );
+        assert_eq!(few.records.len(), 4);
+        assert_eq!(few.records[1].region.as_deref(), Some("r1"));
+        assert!(matches!(
+            few.records[1].encoder,
+            Encoder::ImagePart {
+                width: 384,
+                height: 128
+            }
+        ));
+        let many = prepare(&visual(7), &budget, &cache);
+        assert!(many.crops.is_empty());
+        let (ids, part) = many.mosaic.as_ref().unwrap();
+        assert_eq!(ids.len(), 7);
+        assert!(part.width.max(part.height) <= budget.mosaic_side);
+        assert_eq!(many.records.len(), 2);
+        let layout = many.records[1].layout.as_ref().unwrap();
+        assert_eq!(layout.cells.len(), 7);
+        assert!(matches!(
+            many.records[1].encoder,
+            Encoder::SetOfMark { crops: 7, .. }
+        ));
+        assert!(part.url.starts_with("data:image/"));
+    }
+
+    #[test]
+    fn marks_are_drawn_on_the_whole_image_and_parts_are_cached() {
+        let cache = PartCache::default();
+        let budget = ImageBudget {
+            style: MarkStyle::Marks,
+            ..ImageBudget::default()
+        };
+        let sent = prepare(&visual(6), &budget, &cache);
+        let layout = sent.records[1].layout.as_ref().unwrap();
+        assert_eq!(layout.style, MarkStyle::Marks);
+        let again = prepare(&visual(6), &budget, &cache);
+        assert_eq!(again.whole.unwrap().url, sent.whole.unwrap().url);
+    }
+}
