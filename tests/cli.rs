@@ -277,7 +277,15 @@ fn eval_scores_the_asked_fields_and_prints_the_documented_summary() {
     let summary = &lines[2];
     assert_eq!(
         sorted_keys(summary),
-        ["accuracy", "median_s", "n", "similarity"]
+        [
+            "accuracy",
+            "failures",
+            "median_s",
+            "n",
+            "parallel",
+            "similarity",
+            "wall_s"
+        ]
     );
     assert_eq!(summary["n"], 1);
     let acc = &summary["accuracy"];

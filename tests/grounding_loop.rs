@@ -340,6 +340,8 @@ fn repeated_calls_unknown_tools_failures_and_timeouts_become_observations() {
     assert_eq!(a.steps, 6);
     let convs = seen.lock().unwrap();
     assert!(convs.last().unwrap().must_answer);
+    // The step after a repeated call must answer (the controller was told it repeated).
+    assert!(!convs[1].must_answer && convs[2].must_answer);
     assert!(!convs[4].must_answer);
     let obs = observations(convs.last().unwrap());
     assert_eq!(obs.len(), 5);

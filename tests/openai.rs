@@ -519,3 +519,50 @@ fn trace_show_and_draw_give_what_a_remote_model_was_sent() {
     let (_, part) = sent.mosaic.as_ref().unwrap();
     assert_eq!((drawn.width(), drawn.height()), (part.width, part.height));
 }
+
+/// A peer that accepts, reads the request, and then says nothing for `secs` seconds.
+fn silent(secs: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            std::thread::sleep(Duration::from_secs(secs));
+        }
+    });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+#[test]
+fn a_silent_server_times_out_and_a_question_can_be_cancelled() {
+    let rt = common::rt();
+    let c = controller(&silent(30), |c| {
+        c.client.read_timeout = Duration::from_secs(1);
+        c.client.max_retries = 0;
+    });
+    let t0 = std::time::Instant::now();
+    let e = rt
+        .block_on(c.decide(&untooled("What is the total?"), &StepContext::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sent nothing for 1 s") && e.contains("--read-timeout"),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // Cancelled from another task while waiting: it stops at once, as Ctrl-C does in the REPL.
+    let c = controller(&silent(30), |_| {});
+    let ctx = StepContext::default();
+    let flag = ctx.cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let t0 = std::time::Instant::now();
+    let e = rt
+        .block_on(c.decide(&untooled("What is the total?"), &ctx))
+        .unwrap_err();
+    assert!(matches!(e, ControllerError::Cancelled), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}

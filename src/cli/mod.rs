@@ -172,3 +172,14 @@ fn init_logging(verbose: u8) {
         })
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's arguments (unique names, valid defaults) only when it is
+    /// built; this builds every subcommand, so a clash fails here, not in a user's hands.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

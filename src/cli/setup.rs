@@ -73,7 +73,7 @@ pub struct RemoteArgs {
     /// Send images (the whole image and crops) to the model; default: its manifest's choice
     /// (off for text models, whose servers refuse image parts).
     #[arg(long, value_enum, value_name = "on|off")]
-    pub images: Option<OnOff>,
+    pub send_images: Option<OnOff>,
 
     /// Crops sent as separate images at native resolution; more go into one Set-of-Mark image.
     #[arg(long, value_name = "N", default_value_t = p2g::vision::visual_tokens::FEW_CROPS)]
@@ -218,6 +218,17 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
     if args.mmproj.is_some() && args.controller != ControllerArg::Llava {
         anyhow::bail!("--mmproj is for --controller llava (a vision-language pair)");
     }
+    let r = &args.remote;
+    if args.controller != ControllerArg::Openai
+        && (r.box_convention.is_some()
+            || r.controller_manifest.is_some()
+            || r.send_images.is_some())
+    {
+        anyhow::bail!(
+            "--box-convention, --controller-manifest and --send-images are for --controller openai \
+             (a model behind a server)"
+        );
+    }
     let controller: Arc<dyn Controller> = match (&args.controller_model, args.controller) {
         (_, ControllerArg::Openai) => Arc::new(
             remote(&args.remote, cfg.prompts).context("cannot set up the remote controller")?,
@@ -305,7 +316,7 @@ fn remote(r: &RemoteArgs, prompts: Prompts) -> Result<OpenAiController> {
         cfg.manifest = Manifest::from_file(path)?;
     }
     cfg.convention = r.box_convention;
-    cfg.images = r.images.map(|i| i == OnOff::On);
+    cfg.images = r.send_images.map(|i| i == OnOff::On);
     cfg.client.api_key = ["P2G_API_KEY", "OPENAI_API_KEY"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));

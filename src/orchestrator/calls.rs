@@ -18,6 +18,8 @@ pub(super) struct Called {
     pub content: String,
     pub ids: Vec<String>,
     pub scale: Option<f32>,
+    /// The same call was made before (its result was not run again).
+    pub repeated: bool,
 }
 
 impl Session<'_> {
@@ -69,6 +71,7 @@ impl Session<'_> {
             content,
             ids: Vec::new(),
             scale: None,
+            repeated: false,
         };
         let offered = |a: &&Arc<dyn DynAgent>| {
             caller == Caller::Loop || !self.orch.unoffered.contains(a.name())
@@ -99,7 +102,10 @@ impl Session<'_> {
                 )
             };
             record(self, "repeated", msg.clone(), Vec::new(), zoom);
-            return said(msg);
+            return Called {
+                repeated: true,
+                ..said(msg)
+            };
         }
         let cancel = opts.ctx.cancel.clone();
         let run = a.call(&self.image, arguments.clone());
@@ -170,6 +176,7 @@ impl Session<'_> {
                     content,
                     ids: unique,
                     scale,
+                    repeated: false,
                 }
             }
         }

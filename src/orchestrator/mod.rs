@@ -552,13 +552,18 @@ impl<'o> Session<'o> {
                     .await;
             }
         }
+        // A controller that repeats a call was told so, and the step after must answer: a small
+        // model behind a server otherwise calls the same tool until the budget runs out.
+        let mut repeated = false;
         for step in 1..=max {
             if Self::cancelled(opts) {
                 return Err((OrchestratorError::Cancelled, step - 1));
             }
             // The last step, or time is up: answer with what there is (but a first step may
             // still look: a text controller has nothing to answer from before it has).
-            let last = step == max || (step > 1 && started.elapsed() >= self.orch.cfg.answer_by);
+            let last = step == max
+                || repeated
+                || (step > 1 && started.elapsed() >= self.orch.cfg.answer_by);
             self.focus_on_colours(step, &question, opts.region);
             let conv = self.conversation(current, opts.region, last);
             let Some(step_taken) = self
@@ -602,7 +607,7 @@ impl<'o> Session<'o> {
                     return Ok(self.not_found(opts.region, &spent, step, started));
                 }
                 Decision::Call { agent, arguments } => {
-                    self.called(step, agent, arguments, opts).await;
+                    repeated = self.called(step, agent, arguments, opts).await;
                     if Self::cancelled(opts) {
                         return Err((OrchestratorError::Cancelled, step));
                     }
@@ -730,7 +735,7 @@ impl<'o> Session<'o> {
         agent: String,
         arguments: serde_json::Value,
         opts: &AskOptions,
-    ) {
+    ) -> bool {
         let arguments = self.resolve_region_argument(arguments, opts.region);
         let span = tracing::info_span!("agent", step, agent = %agent, arguments = %arguments);
         let called = self
@@ -752,6 +757,7 @@ impl<'o> Session<'o> {
             agent,
             content: called.content,
         });
+        called.repeated
     }
 
     /// Grounds an answer in the regions it cites and records it.
