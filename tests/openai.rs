@@ -566,3 +566,50 @@ fn a_silent_server_times_out_and_a_question_can_be_cancelled() {
     assert!(matches!(e, ControllerError::Cancelled), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn the_command_line_says_which_flag_to_fix() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_p2g"))
+            .arg("ask")
+            .arg(common::fixture("receipt.jpg"))
+            .arg("What is the total?")
+            .args(args)
+            .env_remove("P2G_BASE_URL")
+            .env_remove("P2G_MODEL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    let e = run(&["--controller", "openai"]);
+    assert!(
+        e.contains("needs --base-url URL") && e.contains("--model ID"),
+        "{e}"
+    );
+    let e = run(&[
+        "--controller",
+        "openai",
+        "--base-url",
+        "localhost:8080",
+        "--model",
+        "m",
+    ]);
+    assert!(
+        e.contains("not a usable URL") && e.lines().count() == 1,
+        "{e}"
+    );
+    let e = run(&[
+        "--controller",
+        "openai",
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--box-convention",
+        "inches",
+    ]);
+    assert!(e.contains("valid: pixels, shikra"), "{e}");
+    let e = run(&["--box-convention", "kosmos-2"]);
+    assert!(e.contains("are for --controller openai"), "{e}");
+}

@@ -230,9 +230,9 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
         );
     }
     let controller: Arc<dyn Controller> = match (&args.controller_model, args.controller) {
-        (_, ControllerArg::Openai) => Arc::new(
-            remote(&args.remote, cfg.prompts).context("cannot set up the remote controller")?,
-        ),
+        // Its errors name the flag to fix; a context line would hide them (the binary prints
+        // the outermost message).
+        (_, ControllerArg::Openai) => Arc::new(remote(&args.remote, cfg.prompts)?),
         (_, ControllerArg::Llava) => {
             let (llm, mmproj) = match (&args.controller_model, &args.mmproj) {
                 (Some(l), Some(m)) => (l.clone(), m.clone()),
