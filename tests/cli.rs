@@ -114,6 +114,18 @@ fn errors_are_one_line_with_a_non_zero_exit() {
             vec!["models", "fetch", "no-such-bundle"],
             "no model bundle named",
         ),
+        // The cause chain, not only the outermost message: which file, and why.
+        (
+            vec![
+                "ask",
+                "tests/fixtures/receipt.jpg",
+                "What?",
+                "--controller-model",
+                "/nonexistent.gguf",
+                "--no-agents",
+            ],
+            "cannot load the controller model: cannot read /nonexistent.gguf: No such file",
+        ),
     ] {
         let out = p2g()
             .current_dir(common::root())

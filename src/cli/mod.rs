@@ -146,10 +146,29 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("p2g: error: {e}");
+            eprintln!("p2g: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, outermost first: "cannot load the controller model:
+/// cannot read /x.gguf: No such file or directory". A cause whose words a message already
+/// holds (an error that quotes its source, a transparent wrapper) is not said twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init_logging(verbose: u8) {
@@ -175,6 +194,22 @@ fn init_logging(verbose: u8) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errors_print_their_causes_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io)
+            .context("cannot read /x.gguf")
+            .context("cannot load the controller model");
+        assert_eq!(
+            super::one_line(&e),
+            "cannot load the controller model: cannot read /x.gguf: No such file or directory"
+        );
+        // A message that already quotes its cause says it once.
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = anyhow::Error::new(io).context("cannot read /x: gone\n(twice)");
+        assert_eq!(super::one_line(&e), "cannot read /x: gone (twice)");
+    }
+
     /// clap checks a command's arguments (unique names, valid defaults) only when it is
     /// built; this builds every subcommand, so a clash fails here, not in a user's hands.
     #[test]
