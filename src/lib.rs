@@ -30,6 +30,29 @@ pub mod orchestrator;
 pub mod trace;
 pub mod vision;
 
+/// An error and its causes on one line, outermost first ("cannot load the controller model:
+/// cannot read /x.gguf: No such file or directory"). A cause whose words the line already holds
+/// (an error that quotes its source, a transparent wrapper) is not said twice.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        let text = c
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// The README's code examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -400,10 +400,8 @@ pub fn draw_mosaics(
     if layouts.is_empty() {
         return Ok(Vec::new());
     }
-    let path = match (image, first_image(events)) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some(p)) => PathBuf::from(p),
-        (None, None) => return Ok(Vec::new()),
+    let Some(path) = image_of(events, image) else {
+        return Ok(Vec::new());
     };
     let img = Image::open(&path, &LoadOptions::default())?;
     let stem = out
@@ -423,10 +421,13 @@ pub fn draw_mosaics(
     Ok(written)
 }
 
-fn first_image(events: &[TraceEvent]) -> Option<String> {
-    events.iter().find_map(|e| match e {
-        TraceEvent::Question { image, .. } => Some(image.clone()),
-        _ => None,
+/// The image to draw on: `image` if given, else the trace's first question's.
+fn image_of(events: &[TraceEvent], image: Option<&Path>) -> Option<PathBuf> {
+    image.map(Path::to_path_buf).or_else(|| {
+        events.iter().find_map(|e| match e {
+            TraceEvent::Question { image, .. } => Some(PathBuf::from(image)),
+            _ => None,
+        })
     })
 }
 
@@ -435,15 +436,7 @@ fn first_image(events: &[TraceEvent]) -> Option<String> {
 /// of the trace's first question unless `image` is given; only questions about that image are
 /// drawn.
 pub fn draw(events: &[TraceEvent], image: Option<&Path>, out: &Path) -> Result<usize, TraceError> {
-    let first_image = events.iter().find_map(|e| match e {
-        TraceEvent::Question { image, .. } => Some(image.clone()),
-        _ => None,
-    });
-    let path = match (image, first_image) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, Some(p)) => PathBuf::from(p),
-        (None, None) => return Err(TraceError::Empty(out.to_path_buf())),
-    };
+    let path = image_of(events, image).ok_or_else(|| TraceError::Empty(out.to_path_buf()))?;
     let img = Image::open(&path, &LoadOptions::default())?;
     let mut canvas = img.rgb().clone();
     let t = default_thickness(&canvas);

@@ -152,23 +152,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, outermost first: "cannot load the controller model:
-/// cannot read /x.gguf: No such file or directory". A cause whose words a message already
-/// holds (an error that quotes its source, a transparent wrapper) is not said twice.
+/// The error and its causes on one line ([`p2g::error_line`]).
 fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    p2g::error_line(e.as_ref())
 }
 
 fn init_logging(verbose: u8) {

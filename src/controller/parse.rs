@@ -34,7 +34,7 @@ pub fn parse_decision(output: &str, answer_tool: &str, tools: &[&str]) -> Result
     let v: Value = serde_json::Deserializer::from_str(body.trim())
         .into_iter::<Value>()
         .next()
-        .unwrap_or_else(|| serde_json::from_str(""))
+        .ok_or_else(|| "the tool call is not valid JSON (it is empty)".to_string())?
         .map_err(|e| format!("the tool call is not valid JSON ({e})"))?;
     // Mistral and some servers write a list of calls; the loop takes one step at a time.
     let v = match v {

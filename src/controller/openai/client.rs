@@ -457,19 +457,8 @@ fn transport(url: &str, e: &reqwest::Error) -> ApiError {
     }
 }
 
-/// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::error_line(e)
 }
 
 /// The innermost cause ("Connection refused (os error 111)"): what a person can act on.

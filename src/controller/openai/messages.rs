@@ -33,14 +33,10 @@ pub fn request(
     sent: &Sent,
     frame: &Frame<'_>,
 ) -> Result<Value, ControllerError> {
-    let observed = conv
-        .turns
-        .iter()
-        .any(|t| matches!(t, Turn::Observation { .. }));
     // A model that cannot see and has no evidence must look first: its first call is required
     // (named, when there is one tool), so servers that constrain tool calls to their schema
     // (llama.cpp's, vLLM's) return a well-formed one instead of a guess.
-    let look_first = sent.whole.is_none() && conv.regions.is_empty() && !observed;
+    let look_first = blind(conv, sent);
     let agents = if conv.must_answer {
         &[][..]
     } else {
@@ -213,6 +209,16 @@ fn turns(
         }
     }
     Ok(())
+}
+
+/// The model neither sees the image nor has evidence of it yet.
+pub(super) fn blind(conv: &Conversation, sent: &Sent) -> bool {
+    sent.whole.is_none()
+        && conv.regions.is_empty()
+        && !conv
+            .turns
+            .iter()
+            .any(|t| matches!(t, Turn::Observation { .. }))
 }
 
 fn call_id(n: usize) -> String {

@@ -19,7 +19,6 @@ pub mod manifest;
 pub mod messages;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -147,13 +146,10 @@ impl OpenAiController {
         };
         let body = messages::request(&opts, conv, &sent, &frame)?;
         let t0 = Instant::now();
-        let first = Arc::new(Mutex::new(None::<Instant>));
+        let mut first = None::<Instant>;
         let mut gate = StreamGate::new(ctx.on_text.clone());
-        let seen = first.clone();
-        let mut on_delta = move |text: &str| {
-            if let Ok(mut f) = seen.lock() {
-                f.get_or_insert_with(Instant::now);
-            }
+        let mut on_delta = |text: &str| {
+            first.get_or_insert_with(Instant::now);
             gate.push(text);
         };
         let reply = self
@@ -170,11 +166,7 @@ impl OpenAiController {
                 ApiError::Cancelled => ControllerError::Cancelled,
                 e => ControllerError::Api(e),
             })?;
-        let first = first
-            .lock()
-            .ok()
-            .and_then(|f| *f)
-            .unwrap_or_else(Instant::now);
+        let first = first.unwrap_or_else(Instant::now);
         let stats = StepStats {
             prompt_tokens: reply.prompt_tokens.unwrap_or(0),
             reused_tokens: 0,
@@ -271,12 +263,7 @@ fn cites_known(d: Decision, conv: &Conversation) -> Result<Decision, String> {
 /// any tool was called is its training talking (a small model repeats the system prompt's
 /// example), so it is told to look first — once; the loop's last step may answer anyway.
 fn premature(d: Decision, conv: &Conversation, sent: &Sent) -> Result<Decision, String> {
-    let observed = conv
-        .turns
-        .iter()
-        .any(|t| matches!(t, super::Turn::Observation { .. }));
-    let blind = sent.whole.is_none() && conv.regions.is_empty();
-    if matches!(d, Decision::Answer { .. }) && blind && !observed && !conv.must_answer {
+    if matches!(d, Decision::Answer { .. }) && messages::blind(conv, sent) && !conv.must_answer {
         if let Some(first) = conv.tools.first() {
             return Err(format!(
                 "you cannot see the image and have no evidence yet: call a tool (e.g. {}) \
@@ -414,6 +401,7 @@ impl Controller for OpenAiController {
 mod tests {
     use super::*;
     use crate::controller::{ImageFacts, RegionText, Turn};
+    use std::sync::{Arc, Mutex};
 
     fn conv(regions: &[(&str, [f32; 4])], observed: bool) -> Conversation {
         let mut turns = vec![Turn::Question {
