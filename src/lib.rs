@@ -19,6 +19,7 @@
 //! - [`orchestrator`]: the loop — steps, budgets, evidence, and the zoom policy that goes back
 //!   to the image when the evidence does not answer.
 //! - [`trace`]: every step as JSON lines, shown and drawn.
+//! - [`server`]: `p2g serve`, the loop and its agents over HTTP (admission, sessions, limits).
 //!
 //! Each layer has its own error enum; only the `p2g` binary folds them into `anyhow`.
 
@@ -27,6 +28,7 @@ pub mod answer;
 pub mod controller;
 pub mod models;
 pub mod orchestrator;
+pub mod server;
 pub mod trace;
 pub mod vision;
 

@@ -57,7 +57,7 @@ pub enum TraceEvent {
         agent: String,
         arguments: serde_json::Value,
         /// `ok`, `error`, `timeout`, `repeated`, `unknown_tool` or `cancelled`.
-        status: String,
+        status: crate::agents::CallStatus,
         summary: String,
         regions: Vec<Region>,
         /// A read the loop chose to make magnified (a zoom): where, how much, why.

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod layout;
 pub mod manifest;
 pub mod ocr;
+pub mod toolset;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use crate::models::ModelError;
 use crate::vision::{BBox, Image, Quad, VisionError};
 
 pub use manifest::AgentManifest;
+pub use toolset::{CallOutcome, CallStatus, Caller, ToolSet};
 
 /// What a controller is told about a tool: name, purpose and the JSON schema of its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

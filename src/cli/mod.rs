@@ -7,6 +7,7 @@ mod layout;
 mod models;
 mod ocr;
 mod repl;
+mod serve;
 mod setup;
 mod trace;
 
@@ -49,6 +50,8 @@ enum Command {
     /// List, fetch, verify, add or locate model files.
     #[command(subcommand)]
     Models(models::ModelsCmd),
+    /// Serve ask, OCR and detection over HTTP (models loaded once, shared by all requests).
+    Serve(serve::ServeCmd),
 }
 
 /// Options shared by commands that load models.
@@ -130,6 +133,7 @@ pub fn main() -> ExitCode {
         Command::Trace(cmd) => trace::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Ocr(cmd) => ocr::run(cmd),
+        Command::Serve(cmd) => serve::run(cmd),
         Command::Detect(cmd) => detect::run(cmd),
         Command::Layout(cmd) => layout::run(cmd),
         Command::Models(cmd) => models::run(cmd),

@@ -87,16 +87,7 @@ pub struct OcrCmd {
 }
 
 pub fn parse_bbox(s: &str) -> Result<BBox, String> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f32>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("expected four numbers x1,y1,x2,y2, got {s:?}"))?;
-    match v.as_slice() {
-        [x1, y1, x2, y2] if x2 > x1 && y2 > y1 => Ok(BBox::new(*x1, *y1, *x2, *y2)),
-        [_, _, _, _] => Err(format!("{s:?}: x2 must exceed x1 and y2 must exceed y1")),
-        _ => Err(format!("expected four numbers x1,y1,x2,y2, got {s:?}")),
-    }
+    BBox::parse(s)
 }
 
 fn parse_zoom(s: &str) -> Result<Zoom, String> {

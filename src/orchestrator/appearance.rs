@@ -24,10 +24,7 @@ impl Session<'_> {
         started: Instant,
     ) -> Option<Answer> {
         let has = |c: Capability| {
-            self.orch
-                .agents
-                .iter()
-                .any(|a| a.capabilities().contains(&c))
+            self.orch.tools.has_capability(c)
         };
         if !asks_about_colour(question)
             || self.orch.controller.accepts_images()
@@ -38,10 +35,7 @@ impl Session<'_> {
             return None;
         }
         let colour = self
-            .orch
-            .agents
-            .iter()
-            .find(|a| a.capabilities().contains(&Capability::Colour))?
+            .orch.tools.with_capability(Capability::Colour)?
             .name()
             .to_string();
         self.turns.push(Turn::Question {
@@ -121,19 +115,13 @@ impl Session<'_> {
         if !asks_about_appearance(question)
             || self.orch.controller.accepts_images()
             || self
-                .orch
-                .agents
-                .iter()
-                .any(|a| a.capabilities().contains(&Capability::Appearance))
+                .orch.tools.has_capability(Capability::Appearance)
         {
             return None;
         }
-        let tools: Vec<&str> = self.orch.agents.iter().map(|a| a.name()).collect();
+        let tools: Vec<&str> = self.orch.tools.all().map(|a| a.name()).collect();
         let has_colour = self
-            .orch
-            .agents
-            .iter()
-            .any(|a| a.capabilities().contains(&Capability::Colour));
+            .orch.tools.has_capability(Capability::Colour);
         let text = format!(
             "I cannot tell: answering needs to see what things look like (colours, shapes, \
              drawings, logos), and no vision model is loaded; the available tools ({}) only {}.",
@@ -143,10 +131,7 @@ impl Session<'_> {
                 tools.join(", ")
             },
             if self
-                .orch
-                .agents
-                .iter()
-                .any(|a| a.capabilities().contains(&Capability::Objects))
+                .orch.tools.has_capability(Capability::Objects)
             {
                 if has_colour {
                     "read text, locate objects and name the colours of what they find"

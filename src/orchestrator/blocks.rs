@@ -85,10 +85,7 @@ impl Session<'_> {
         spent: &mut ZoomSpent,
     ) {
         let Some(agent) = self
-            .orch
-            .agents
-            .iter()
-            .find(|a| a.capabilities().contains(&Capability::Layout))
+            .orch.tools.with_capability(Capability::Layout)
             .cloned()
         else {
             return;

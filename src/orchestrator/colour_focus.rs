@@ -95,10 +95,7 @@ pub(super) fn text_colours(img: &image::RgbImage, b: &BBox) -> BTreeSet<String> 
 impl Session<'_> {
     /// Whether a colour agent is loaded: colours are measured only then.
     pub(super) fn has_colour_agent(&self) -> bool {
-        self.orch
-            .agents
-            .iter()
-            .any(|a| a.capabilities().contains(&Capability::Colour))
+        self.orch.tools.has_capability(Capability::Colour)
     }
 
     /// The question's colour words that describe text: not one that describes an object the
@@ -106,10 +103,7 @@ impl Session<'_> {
     fn text_colour_words(&self, question: &str) -> Vec<&'static str> {
         let wanted = colour_words(question);
         let detector = self
-            .orch
-            .agents
-            .iter()
-            .find(|a| a.capabilities().contains(&Capability::Objects));
+            .orch.tools.with_capability(Capability::Objects);
         let Some(detector) = detector.filter(|_| !self.object_focus.is_empty()) else {
             return wanted;
         };

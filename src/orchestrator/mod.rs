@@ -23,7 +23,7 @@ mod objects;
 mod visual;
 pub mod zoom;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::agents::{Capability, DynAgent, FindingKind, Lead};
+use crate::agents::{Capability, DynAgent, FindingKind, Lead, ToolSet};
 use crate::controller::{
     AnswerSource, Controller, ControllerError, Conversation, Decision, ImageFacts, RegionText,
     Step, StepContext, Turn,
@@ -46,6 +46,10 @@ use calls::Caller;
 pub use evidence::{Evidence, Region};
 use zoom::{inside, Round, ZoomSpent};
 pub use zoom::{ZoomBudget, ZoomRecord};
+
+/// The longest question the loop takes: a question is a sentence or a few, and a longer one
+/// would crowd the evidence out of the controller's context.
+pub const MAX_QUESTION_CHARS: usize = 4000;
 
 /// Errors of the loop. Agent failures are not among them: they go back to the controller.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,11 @@ pub enum OrchestratorError {
     DuplicateAgent(String),
     #[error("the question is empty")]
     EmptyQuestion,
+    #[error(
+        "the question is {chars} characters long; the limit is {limit} (ask about one thing; \
+         the image's text is read by the agents, not pasted in)"
+    )]
+    QuestionTooLong { chars: usize, limit: usize },
     #[error("the region [{0:.0},{1:.0},{2:.0},{3:.0}] is not inside the {4}x{5} image")]
     BadRegion(f32, f32, f32, f32, u32, u32),
 }
@@ -120,9 +129,7 @@ impl Default for LoopConfig {
 /// A controller and the agents it may call.
 pub struct Orchestrator {
     controller: Arc<dyn Controller>,
-    agents: Vec<Arc<dyn DynAgent>>,
-    /// Agents the loop runs on its own but does not offer the controller as tools.
-    unoffered: HashSet<String>,
+    tools: ToolSet,
     cfg: LoopConfig,
 }
 
@@ -130,8 +137,8 @@ pub struct Orchestrator {
 #[derive(Default)]
 pub struct OrchestratorBuilder {
     controller: Option<Arc<dyn Controller>>,
-    agents: Vec<Arc<dyn DynAgent>>,
-    unoffered: HashSet<String>,
+    /// Each agent, and whether the controller is offered it as a tool.
+    agents: Vec<(Arc<dyn DynAgent>, bool)>,
     cfg: LoopConfig,
 }
 
@@ -148,12 +155,12 @@ impl OrchestratorBuilder {
 
     /// Offers an agent to the controller.
     pub fn agent(mut self, a: impl DynAgent + 'static) -> Self {
-        self.agents.push(Arc::new(a));
+        self.agents.push((Arc::new(a), true));
         self
     }
 
     pub fn agent_arc(mut self, a: Arc<dyn DynAgent>) -> Self {
-        self.agents.push(a);
+        self.agents.push((a, true));
         self
     }
 
@@ -161,8 +168,7 @@ impl OrchestratorBuilder {
     /// question names) without offering it to the controller as a tool: a small controller
     /// offered a detector calls it with made-up arguments where it should read.
     pub fn loop_agent_arc(mut self, a: Arc<dyn DynAgent>) -> Self {
-        self.unoffered.insert(a.name().to_string());
-        self.agents.push(a);
+        self.agents.push((a, false));
         self
     }
 
@@ -196,16 +202,15 @@ impl OrchestratorBuilder {
 
     pub fn build(self) -> Result<Orchestrator, OrchestratorError> {
         let controller = self.controller.ok_or(OrchestratorError::NoController)?;
-        let mut seen = HashSet::new();
-        for a in &self.agents {
-            if !seen.insert(a.name().to_string()) {
-                return Err(OrchestratorError::DuplicateAgent(a.name().to_string()));
-            }
+        let mut tools = ToolSet::new();
+        for (a, offered) in self.agents {
+            tools
+                .add(a, offered)
+                .map_err(|d| OrchestratorError::DuplicateAgent(d.0))?;
         }
         Ok(Orchestrator {
             controller,
-            agents: self.agents,
-            unoffered: self.unoffered,
+            tools,
             cfg: self.cfg,
         })
     }
@@ -220,16 +225,18 @@ impl Orchestrator {
         self.controller.as_ref()
     }
 
+    /// Every agent, offered to the controller or kept to the loop.
+    pub fn tools(&self) -> &ToolSet {
+        &self.tools
+    }
+
     pub fn agents(&self) -> impl Iterator<Item = &dyn DynAgent> {
-        self.agents.iter().map(|a| a.as_ref())
+        self.tools.all().map(|a| a.as_ref())
     }
 
     /// The agents the controller is offered as tools.
     pub fn offered(&self) -> impl Iterator<Item = &dyn DynAgent> {
-        self.agents
-            .iter()
-            .filter(|a| !self.unoffered.contains(a.name()))
-            .map(|a| a.as_ref())
+        self.tools.offered().map(|a| a.as_ref())
     }
 
     /// Starts a conversation about one image. `path` names it in traces.
@@ -358,6 +365,13 @@ impl<'o> Session<'o> {
         if question.is_empty() {
             return Err(OrchestratorError::EmptyQuestion);
         }
+        let chars = question.chars().count();
+        if chars > MAX_QUESTION_CHARS {
+            return Err(OrchestratorError::QuestionTooLong {
+                chars,
+                limit: MAX_QUESTION_CHARS,
+            });
+        }
         if let Some(r) = opts.region {
             let (w, h) = (self.facts.width as f32, self.facts.height as f32);
             if !(r.x1 < r.x2 && r.y1 < r.y2 && r.x2 > 0.0 && r.y2 > 0.0 && r.x1 < w && r.y1 < h) {
@@ -444,10 +458,7 @@ impl<'o> Session<'o> {
     fn answerable_regions(&self, focus: Option<BBox>) -> (Vec<RegionText>, bool) {
         // A layout block's finding is its kind ("title", "table"), a label, not content.
         let layout: Option<&str> = self
-            .orch
-            .agents
-            .iter()
-            .find(|a| a.capabilities().contains(&Capability::Layout))
+            .orch.tools.with_capability(Capability::Layout)
             .map(|a| a.name());
         let content = |r: &Region| {
             r.stands()

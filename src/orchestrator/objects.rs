@@ -202,10 +202,7 @@ impl Session<'_> {
         best_of_many: bool,
     ) -> Vec<String> {
         let Some(agent) = self
-            .orch
-            .agents
-            .iter()
-            .find(|a| a.capabilities().contains(&Capability::Objects))
+            .orch.tools.with_capability(Capability::Objects)
             .cloned()
         else {
             return Vec::new();

@@ -32,6 +32,27 @@ impl From<BBox> for [f32; 4] {
 }
 
 impl BBox {
+    /// Parses a region as people write one: `x1,y1,x2,y2`, finite numbers with x2 > x1 and
+    /// y2 > y1 (NaN, infinities and inverted or empty boxes are refused, not clamped).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let shown: String = s.chars().take(80).collect();
+        let v: Vec<f32> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("expected four numbers x1,y1,x2,y2, got {shown:?}"))?;
+        match v.as_slice() {
+            [x1, y1, x2, y2] if v.iter().any(|c| !c.is_finite()) => Err(format!(
+                "{shown:?}: every coordinate must be a finite number, got {x1},{y1},{x2},{y2}"
+            )),
+            [x1, y1, x2, y2] if x2 > x1 && y2 > y1 => Ok(Self::new(*x1, *y1, *x2, *y2)),
+            [_, _, _, _] => Err(format!(
+                "{shown:?}: x2 must exceed x1 and y2 must exceed y1"
+            )),
+            _ => Err(format!("expected four numbers x1,y1,x2,y2, got {shown:?}")),
+        }
+    }
+
     pub fn new(x1: f32, y1: f32, x2: f32, y2: f32) -> Self {
         Self { x1, y1, x2, y2 }
     }
