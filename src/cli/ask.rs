@@ -30,7 +30,7 @@ pub struct AskCmd {
     trace: Option<PathBuf>,
 
     /// Ask about this region: x1,y1,x2,y2 in image pixels.
-    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox)]
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox, allow_hyphen_values = true)]
     region: Option<BBox>,
 
     #[command(flatten)]

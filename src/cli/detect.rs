@@ -34,7 +34,7 @@ pub struct DetectCmd {
     draw: Option<PathBuf>,
 
     /// Search only inside this box: x1,y1,x2,y2 in image pixels.
-    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox)]
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = super::ocr::parse_bbox, allow_hyphen_values = true)]
     region: Option<BBox>,
 
     #[command(flatten)]

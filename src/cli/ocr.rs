@@ -29,7 +29,7 @@ pub struct OcrCmd {
     draw: Option<PathBuf>,
 
     /// Read only inside this box: x1,y1,x2,y2 in image pixels.
-    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = parse_bbox)]
+    #[arg(long, value_name = "X1,Y1,X2,Y2", value_parser = parse_bbox, allow_hyphen_values = true)]
     region: Option<BBox>,
 
     /// Magnify the region (or the whole image) before reading: `auto` (bring its text to the

@@ -95,6 +95,17 @@ impl Prompts {
         let read = |name: &str, slot: &mut String| -> Result<(), ControllerError> {
             let path = dir.join(name);
             if path.is_file() {
+                let len = path.metadata().map(|m| m.len()).unwrap_or(0);
+                if len > MAX_TEMPLATE_BYTES {
+                    return Err(bad(
+                        name,
+                        format!(
+                            "is {len} bytes; a prompt template may be at most \
+                             {MAX_TEMPLATE_BYTES} (it must leave the model's context to the \
+                             question and the evidence)"
+                        ),
+                    ));
+                }
                 *slot = std::fs::read_to_string(&path).map_err(|e| bad(name, e))?;
             }
             Ok(())
@@ -131,7 +142,7 @@ impl Prompts {
             ("reminder.md", &p.reminder),
             ("image.md", &p.image),
         ] {
-            environment()
+            prompts_environment()
                 .template_from_str(t)
                 .map_err(|e| bad(name, e))?;
         }
@@ -181,9 +192,19 @@ pub fn to_json_python(v: &Value) -> String {
     String::from_utf8(out).unwrap_or_else(|_| v.to_string())
 }
 
+/// The largest prompt template file read from a `--prompts` folder.
+const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
+
+/// Instructions one render may take: a chat template over a long conversation takes tens of
+/// thousands; a template that loops without end stops here with an error.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// The environment models' own chat templates run in: lenient about undefined values, as
+/// the Jinja of the transformers library they are written for.
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(false);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_filter("tojson", |v: minijinja::Value| -> String {
         let json: Value = serde_json::to_value(&v).unwrap_or(Value::Null);
         to_json_python(&json)
@@ -200,9 +221,18 @@ fn environment() -> minijinja::Environment<'static> {
     env
 }
 
+/// The environment of p2g's own `prompts/`: a misspelt variable printed or looped over is an
+/// error naming the template, not an empty string in the prompt (tests such as `{% if x %}`
+/// still treat a missing value as false).
+fn prompts_environment() -> minijinja::Environment<'static> {
+    let mut env = environment();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::SemiStrict);
+    env
+}
+
 /// Renders one of the templates of `prompts/` (`name` for errors).
 pub fn render(name: &str, template: &str, ctx: Value) -> Result<String, ControllerError> {
-    let env = environment();
+    let env = prompts_environment();
     let t = env.template_from_str(template).map_err(|e| bad(name, e))?;
     t.render(ctx).map_err(|e| bad(name, e))
 }

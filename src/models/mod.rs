@@ -9,6 +9,7 @@
 //! but a missing or malformed file still gets a clear error.
 
 pub mod gguf;
+pub mod kserve;
 mod manifest;
 pub mod runtime;
 mod store;
@@ -29,6 +30,8 @@ pub fn manifest_text() -> &'static str {
 pub enum ModelError {
     #[error("the model manifest is invalid: {0}")]
     Manifest(String),
+    #[error("remote model: {reason}")]
+    Remote { url: String, reason: String },
     #[error("no model bundle named {name:?}; `p2g models list` shows the bundles ({known})")]
     UnknownBundle { name: String, known: String },
     #[error(

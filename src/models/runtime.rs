@@ -148,8 +148,16 @@ pub struct Signature {
 /// An ONNX Runtime session behind a lock (sessions run one call at a time), with its run
 /// options made once. [`OnnxModel::run`] serves models with one float tensor in and one out —
 /// every PaddleOCR model; [`OnnxModel::with_session`] any other interface.
+///
+/// A model may also live behind a KServe V2 server ([`OnnxModel::remote`]): then `run` sends
+/// the tensor there, and only `with_session` (models with several inputs) is unavailable.
 pub struct OnnxModel {
-    session: Mutex<(Session, ort::session::RunOptions)>,
+    backend: Backend,
+}
+
+enum Backend {
+    Local(Mutex<(Session, ort::session::RunOptions)>),
+    Remote(super::kserve::RemoteModel),
 }
 
 impl OnnxModel {
@@ -157,13 +165,28 @@ impl OnnxModel {
     pub fn open(env: &Environment, path: &Path, opts: &SessionOptions) -> Result<Self, ModelError> {
         let session = open_session(env, path, opts)?;
         Ok(Self {
-            session: Mutex::new((session, run_options(opts.arena)?)),
+            backend: Backend::Local(Mutex::new((session, run_options(opts.arena)?))),
+        })
+    }
+
+    /// The model served at `url` (`http://host:port/v2/models/NAME`, KServe V2).
+    pub fn remote(url: &str) -> Result<Self, ModelError> {
+        let m = super::kserve::RemoteModel::connect(url).map_err(|reason| ModelError::Remote {
+            url: url.to_string(),
+            reason,
+        })?;
+        Ok(Self {
+            backend: Backend::Remote(m),
         })
     }
 
     /// The declared shape of the first output (`-1` for dynamic axes), if the model has one.
     pub fn output_dims(&self) -> Option<Vec<i64>> {
-        let guard = self.session.lock().ok()?;
+        let session = match &self.backend {
+            Backend::Local(s) => s,
+            Backend::Remote(m) => return Some(m.output_shape().to_vec()),
+        };
+        let guard = session.lock().ok()?;
         let out = guard.0.outputs().first()?;
         out.dtype()
             .tensor_shape()
@@ -173,6 +196,15 @@ impl OnnxModel {
     /// The declared inputs and outputs (name and shape, `-1` for a dynamic axis), for models
     /// whose outputs are found by shape rather than by name.
     pub fn signature(&self) -> Result<Signature, String> {
+        if let Backend::Remote(m) = &self.backend {
+            let list = |t: &[super::kserve::TensorMeta]| {
+                t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+            };
+            return Ok(Signature {
+                inputs: list(m.inputs()),
+                outputs: list(m.outputs()),
+            });
+        }
         self.with_session(
             |e| e,
             |s, _| {
@@ -217,6 +249,10 @@ impl OnnxModel {
         err: impl Fn(String) -> E,
         f: impl FnOnce(&[i64], &[f32]) -> Result<R, E>,
     ) -> Result<R, E> {
+        if let Backend::Remote(m) = &self.backend {
+            let (dims, data) = m.infer(shape, input).map_err(&err)?;
+            return f(&dims, &data);
+        }
         let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| err(e.to_string()))?;
         self.with_session(&err, |session, run_opts| {
             let outputs = session
@@ -236,8 +272,17 @@ impl OnnxModel {
         err: impl Fn(String) -> E,
         f: impl FnOnce(&mut Session, &ort::session::RunOptions) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut guard = self
-            .session
+        let session = match &self.backend {
+            Backend::Local(s) => s,
+            Backend::Remote(m) => {
+                return Err(err(format!(
+                    "the model at {} is served over KServe V2, which p2g supports for \
+                     one-tensor models only; this agent needs it in process",
+                    m.url()
+                )))
+            }
+        };
+        let mut guard = session
             .lock()
             .map_err(|_| err("an earlier call panicked inside this model".into()))?;
         let (session, run_opts) = &mut *guard;

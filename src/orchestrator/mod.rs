@@ -51,16 +51,25 @@ pub use zoom::{ZoomBudget, ZoomRecord};
 /// would crowd the evidence out of the controller's context.
 pub const MAX_QUESTION_CHARS: usize = 4000;
 
+/// The longest answer the loop takes from a controller.
+pub const MAX_ANSWER_CHARS: usize = 4000;
+
 /// Errors of the loop. Agent failures are not among them: they go back to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
     #[error(transparent)]
     Controller(#[from] ControllerError),
     #[error(
-        "the controller gave an unusable answer twice ({reason}); its last output was {output:?}. \
-         Try rephrasing the question or a larger controller (--controller)"
+        "the controller gave an unusable answer twice ({}); its last output was {:?}. \
+         Try rephrasing the question or a larger controller (--controller)",
+        clip(.reason, 300), clip(.output, 200)
     )]
     Unusable { output: String, reason: String },
+    #[error(
+        "the controller gave no answer within {steps} steps{failure}. Try rephrasing the \
+         question, more --max-steps, or a larger controller (--controller)"
+    )]
+    NoAnswer { steps: usize, failure: String },
     #[error("the question was cancelled")]
     Cancelled,
     #[error("an orchestrator needs a controller; call .controller(..) on the builder")]
@@ -74,8 +83,24 @@ pub enum OrchestratorError {
          the image's text is read by the agents, not pasted in)"
     )]
     QuestionTooLong { chars: usize, limit: usize },
+    #[error(
+        "the question holds the control character U+{0:04X}; send plain text (tabs and line \
+         breaks are fine)"
+    )]
+    ControlCharacter(u32),
     #[error("the region [{0:.0},{1:.0},{2:.0},{3:.0}] is not inside the {4}x{5} image")]
     BadRegion(f32, f32, f32, f32, u32, u32),
+}
+
+/// At most `n` characters of `s` on one line (an error quotes model output, which may be
+/// megabytes).
+fn clip(s: &str, n: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > n {
+        format!("{}…", one.chars().take(n).collect::<String>())
+    } else {
+        one
+    }
 }
 
 /// What earlier questions of a session leave in the controller's view.
@@ -365,6 +390,12 @@ impl<'o> Session<'o> {
         if question.is_empty() {
             return Err(OrchestratorError::EmptyQuestion);
         }
+        if let Some(c) = question
+            .chars()
+            .find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+        {
+            return Err(OrchestratorError::ControlCharacter(c as u32));
+        }
         let chars = question.chars().count();
         if chars > MAX_QUESTION_CHARS {
             return Err(OrchestratorError::QuestionTooLong {
@@ -645,13 +676,27 @@ impl<'o> Session<'o> {
                 }
             }
         }
-        Err((
-            OrchestratorError::Unusable {
-                output: String::new(),
-                reason: format!("no answer within {max} steps"),
-            },
-            max,
-        ))
+        // Say what went wrong last: a controller that kept calling tools with arguments they
+        // refused is told apart from one that never settled.
+        let failure = self
+            .trace
+            .events()
+            .iter()
+            .rev()
+            .take_while(|e| !matches!(e, TraceEvent::Question { .. }))
+            .find_map(|e| match e {
+                TraceEvent::Tool {
+                    agent,
+                    status,
+                    summary,
+                    ..
+                } if *status != crate::agents::CallStatus::Ok => {
+                    Some(format!("; its last call failed ({agent}: {})", clip(summary, 200)))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        Err((OrchestratorError::NoAnswer { steps: max, failure }, max))
     }
 
     /// What the controller is given for one decision.
@@ -693,7 +738,23 @@ impl<'o> Session<'o> {
             .controller
             .decide(conv, &opts.ctx)
             .instrument(tracing::info_span!("decide", step))
-            .await;
+            .await
+            .and_then(|s| match &s.decision {
+                // An answer is a phrase or a few sentences; pages of text are a model that
+                // did not stop (or a server that sent junk), repaired like any other output.
+                Decision::Answer { text, .. } if text.chars().count() > MAX_ANSWER_CHARS => {
+                    Err(ControllerError::Malformed {
+                        output: clip(text, 200),
+                        reason: format!(
+                            "the answer is {} characters long; answer in at most \
+                             {MAX_ANSWER_CHARS}",
+                            text.chars().count()
+                        ),
+                        stats: s.stats.clone(),
+                    })
+                }
+                _ => Ok(s),
+            });
         match decided {
             Ok(s) => {
                 if !s.shown.is_empty() {

@@ -20,7 +20,19 @@ pub struct Form {
 impl Form {
     /// Reads the body; only the fields in `allowed` are accepted (a misspelt field is an
     /// error, not silently ignored).
-    pub async fn read(req: Request, allowed: &[&str]) -> Result<Self, ServeError> {
+    pub async fn read(req: Request, allowed: &[&str], limit: usize) -> Result<Self, ServeError> {
+        // A declared length over the limit is refused before any of the body is read (the
+        // client learns at once, instead of after uploading it all).
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|&n| n > limit as u64) {
+            return Err(ServeError::TooLarge(format!(
+                "the body is {n} bytes; the limit is {limit} (--max-upload-mib)"
+            )));
+        }
         let ct = req
             .headers()
             .get(CONTENT_TYPE)

@@ -166,7 +166,12 @@ async fn ask(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
 async fn ask_inner(st: Arc<State>, req: Request) -> Result<Response, ServeError> {
     check_running(&st)?;
     let deadline = Instant::now() + st.cfg.request_timeout;
-    let mut form = Form::read(req, &["image", "path", "question", "region", "session"]).await?;
+    let mut form = Form::read(
+        req,
+        &["image", "path", "question", "region", "session"],
+        st.cfg.max_body_bytes,
+    )
+    .await?;
     let question = form
         .get("question")
         .ok_or_else(|| ServeError::BadRequest("missing the field `question`".into()))?
@@ -312,7 +317,7 @@ async fn run_agent(
 async fn ocr(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
     counted(&st.clone(), "ocr", async move {
         check_running(&st)?;
-        let mut form = Form::read(req, &["image", "path", "region", "zoom"]).await?;
+        let mut form = Form::read(req, &["image", "path", "region", "zoom"], st.cfg.max_body_bytes).await?;
         let agent = st
             .orch
             .tools()
@@ -337,7 +342,7 @@ async fn ocr(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
 async fn detect(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
     counted(&st.clone(), "detect", async move {
         check_running(&st)?;
-        let mut form = Form::read(req, &["image", "path", "objects", "region"]).await?;
+        let mut form = Form::read(req, &["image", "path", "objects", "region"], st.cfg.max_body_bytes).await?;
         let agent = st
             .orch
             .tools()

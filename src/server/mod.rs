@@ -148,7 +148,10 @@ impl ServeError {
             Self::NoAgent(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Agent { status, .. } => *status,
             Self::Ask(
-                O::EmptyQuestion | O::BadRegion(..) | O::QuestionTooLong { .. },
+                O::EmptyQuestion
+                | O::BadRegion(..)
+                | O::QuestionTooLong { .. }
+                | O::ControlCharacter(_),
             ) => StatusCode::BAD_REQUEST,
             Self::Ask(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -60,6 +60,11 @@ impl Image {
 
     /// Decodes an image from memory; `what` names it in errors.
     pub fn decode(bytes: &[u8], what: &str, opts: &LoadOptions) -> Result<Self, VisionError> {
+        if bytes.is_empty() {
+            return Err(VisionError::EmptyFile {
+                what: what.to_string(),
+            });
+        }
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| VisionError::Decode {
@@ -75,6 +80,20 @@ impl Image {
             image::ImageError::Unsupported(_) => VisionError::UnknownFormat {
                 what: what.to_string(),
             },
+            // A size the decoder itself refuses (past the format's maximum, or past the
+            // memory limit below) is a size problem, not corruption.
+            image::ImageError::Limits(l) => VisionError::Oversized {
+                what: what.to_string(),
+                reason: l.to_string(),
+                limit: opts.max_pixels,
+            },
+            other if other.to_string().to_ascii_lowercase().contains("too large") => {
+                VisionError::Oversized {
+                    what: what.to_string(),
+                    reason: other.to_string(),
+                    limit: opts.max_pixels,
+                }
+            }
             other => VisionError::Decode {
                 what: what.to_string(),
                 reason: other.to_string(),

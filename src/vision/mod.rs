@@ -30,8 +30,19 @@ pub enum VisionError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} is not an image p2g can read (supported: JPEG, PNG, WebP, TIFF, BMP)")]
+    #[error("{what} is not an image p2g can read (supported: JPEG, PNG, WebP, TIFF, BMP, GIF)")]
     UnknownFormat { what: String },
+    #[error("{what} is empty (0 bytes)")]
+    EmptyFile { what: String },
+    #[error(
+        "{what} declares an image too large to decode ({reason}); p2g reads at most \
+         {limit} pixels (--max-pixels), within each format's own size limits"
+    )]
+    Oversized {
+        what: String,
+        reason: String,
+        limit: u64,
+    },
     #[error("cannot decode {what}: {reason} (the file may be truncated or corrupt)")]
     Decode { what: String, reason: String },
     #[error(
@@ -45,7 +56,7 @@ pub enum VisionError {
         pixels: u64,
         limit: u64,
     },
-    #[error("{what} has no pixels ({width}x{height})")]
+    #[error("{what} has no pixels ({width}x{height}): its header declares an empty or invalid size")]
     Empty {
         what: String,
         width: u32,

@@ -117,6 +117,50 @@ impl Default for OcrOptions {
 }
 
 impl OcrOptions {
+    /// Refuses values no image could be read well with (NaN or out-of-range thresholds, a tile
+    /// no larger than its overlap, limits that would let one image take all memory): an
+    /// edited manifest fails at load, naming the option, instead of reading badly.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |name: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} must be between 0 and 1"))
+            }
+        };
+        unit("det_thresh", self.det_thresh)?;
+        unit("box_thresh", self.box_thresh)?;
+        unit("cls_thresh", self.cls_thresh)?;
+        unit("min_confidence", self.min_confidence)?;
+        unit("lead_prob", self.lead_prob)?;
+        unit("lead_confidence", self.lead_confidence)?;
+        let within = |name: &str, v: f64, lo: f64, hi: f64| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} must be between {lo} and {hi}"))
+            }
+        };
+        within("unclip_ratio", self.unclip_ratio.into(), 0.5, 5.0)?;
+        within("max_candidates", self.max_candidates as f64, 1.0, 100_000.0)?;
+        within("det_limit_side", self.det_limit_side.into(), 32.0, 8192.0)?;
+        within("tile_size", self.tile_size.into(), 64.0, 8192.0)?;
+        within("max_tiles", self.max_tiles as f64, 1.0, 1024.0)?;
+        within("zoom_text_height", self.zoom_text_height.into(), 8.0, 512.0)?;
+        within("zoom_max_scale", self.zoom_max_scale.into(), 1.0, 16.0)?;
+        within("zoom_auto_max_scale", self.zoom_auto_max_scale.into(), 1.0, 16.0)?;
+        within("zoom_default_scale", self.zoom_default_scale.into(), 1.0, 16.0)?;
+        within("zoom_max_pixels", self.zoom_max_pixels as f64, 1e4, 1e8)?;
+        within("max_leads", self.max_leads as f64, 0.0, 10_000.0)?;
+        if self.tile_overlap * 2 >= self.tile_size {
+            return Err(format!(
+                "tile_overlap = {} must be under half of tile_size = {}",
+                self.tile_overlap, self.tile_size
+            ));
+        }
+        Ok(())
+    }
+
     fn decoding(&self) -> rec::Decoding {
         rec::Decoding {
             restore_spaces: self.restore_spaces,
@@ -216,6 +260,10 @@ impl OcrAgent {
     pub fn load(source: &ModelSource, store: &Store, cfg: OcrConfig) -> Result<Self, AgentError> {
         let _span = tracing::info_span!("ocr.load").entered();
         let m = &cfg.manifest;
+        m.check_name("ocr")?;
+        cfg.options
+            .validate()
+            .map_err(|reason| m.error(format!("[options]: {reason}")))?;
         let bundle = m.bundle()?;
         let env = runtime::environment(store)?;
         let path = |role: &str| -> Result<std::path::PathBuf, AgentError> {
@@ -223,8 +271,12 @@ impl OcrAgent {
         };
         let keys_path = path("keys")?;
         let keys = read_keys(&keys_path)?;
+        // A role with an endpoint runs on that server; the others load their file.
         let open = |role: &str| -> Result<runtime::OnnxModel, AgentError> {
-            Ok(runtime::OnnxModel::open(env, &path(role)?, &cfg.session)?)
+            match m.endpoint(role)? {
+                Some(url) => Ok(runtime::OnnxModel::remote(url)?),
+                None => Ok(runtime::OnnxModel::open(env, &path(role)?, &cfg.session)?),
+            }
         };
         let det = det::Detector::new(open("det")?);
         let cls = if cfg.options.use_orientation {
@@ -232,8 +284,11 @@ impl OcrAgent {
         } else {
             None
         };
-        let rec_path = path("rec")?;
-        let rec_model = runtime::OnnxModel::open(env, &rec_path, &cfg.session)?;
+        let rec_model = open("rec")?;
+        let rec_path = match m.endpoint("rec")? {
+            Some(url) => std::path::PathBuf::from(url),
+            None => path("rec")?,
+        };
         check_rec_classes(&rec_model, &rec_path, keys.len())?;
         let rec = rec::Recognizer::new(rec_model, keys);
         Ok(Self {
