@@ -10,14 +10,28 @@ use std::time::Duration;
 
 use p2g::controller::EmbeddedController;
 use p2g::models::{ModelSource, Store};
-use p2g::orchestrator::{AskOptions, Orchestrator, OrchestratorError};
+use p2g::orchestrator::{AskOptions, Orchestrator, OrchestratorError, ZoomBudget};
 use p2g::vision::{Image, LoadOptions};
 
+/// The default controller and the real agents, without zooms (the test is about sessions
+/// not disturbing one another; zooms only make it slower).
+///
+/// Answers are compared whole, so this relies on the controller deciding the same from the
+/// same conversation whatever its KV cache held before. It does, for the default controller's
+/// decisions (spans ranked by likelihood); SmolLM2's free generation does not always: the
+/// cache's reused prefix decides which tokens were computed by the one-token decode kernel and
+/// which by the batched prefill, and their last-bit differences can flip a weak model's next
+/// token.
 fn orchestrator() -> Orchestrator {
     let store = Store::open_default().unwrap();
-    let controller = EmbeddedController::default_model(&store).unwrap();
     let source = ModelSource::Store(store.clone());
-    let mut b = Orchestrator::builder().controller(controller);
+    let controller = EmbeddedController::default_model(&store).unwrap();
+    let mut b = Orchestrator::builder()
+        .controller(controller)
+        .zoom_budget(ZoomBudget {
+            max_zooms: 0,
+            ..ZoomBudget::default()
+        });
     for a in p2g::agents::load_available(&source, &store, Default::default()).unwrap() {
         // As the CLI: the detector, colour and layout agents run on the loop's own policies.
         b = if a.name() == "ocr" {
@@ -27,6 +41,15 @@ fn orchestrator() -> Orchestrator {
         };
     }
     b.build().unwrap()
+}
+
+/// An answer, or the error the small controller may end in: either must be the same however
+/// the questions are scheduled.
+fn outcome(r: Result<p2g::orchestrator::Answer, OrchestratorError>) -> String {
+    match r {
+        Ok(a) => format!("answer {:?} citing {:?}", a.answer, a.grounding),
+        Err(e) => format!("error {e}"),
+    }
 }
 
 /// Peak and current resident memory of this process, MB.
@@ -67,7 +90,7 @@ fn eight_parallel_sessions_answer_as_one_by_one_and_a_cancel_stays_local() {
         .map(|&(i, q)| {
             let (img, path) = &images[i];
             let mut s = orch.session(img.clone(), path);
-            rt.block_on(s.ask(q, AskOptions::default())).unwrap().answer
+            outcome(rt.block_on(s.ask(q, AskOptions::default())))
         })
         .collect();
     let (_, rss_sequential) = memory_mb();
@@ -99,12 +122,12 @@ fn eight_parallel_sessions_answer_as_one_by_one_and_a_cancel_stays_local() {
                     .map(|a| a.answer)
             })
         };
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(200));
         cancel.store(true, Ordering::SeqCst);
         let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         (answers, doomed.join().unwrap())
     });
-    let answers: Vec<String> = answers.into_iter().map(|r| r.unwrap().answer).collect();
+    let answers: Vec<String> = answers.into_iter().map(outcome).collect();
     assert_eq!(answers, one_by_one, "parallel answers differ from one-by-one ones");
     assert!(
         matches!(cancelled, Err(OrchestratorError::Cancelled)),

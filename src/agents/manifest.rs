@@ -91,8 +91,8 @@ impl AgentManifest {
         let chars = m.description.chars().count();
         if chars > MAX_DESCRIPTION_CHARS {
             return Err(m.error(format!(
-                "the description is {chars} characters; at most {MAX_DESCRIPTION_CHARS} (the \
-                 controller reads it in every prompt)"
+                "the description is too long ({chars} characters; at most \
+                 {MAX_DESCRIPTION_CHARS}: the controller reads it in every prompt)"
             )));
         }
         for (role, v) in &m.models {
@@ -175,7 +175,10 @@ impl AgentManifest {
 /// A parser's message on one line and at most 300 characters (TOML errors quote the offending
 /// line, which may be megabytes long).
 fn clip(s: &str) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.contains("recursion") {
+        one.push_str(" (the TOML is nested too deeply)");
+    }
     if one.chars().count() > 300 {
         format!("{}…", one.chars().take(300).collect::<String>())
     } else {

@@ -311,6 +311,26 @@ pub trait DynAgent: Send + Sync {
     ) -> BoxFuture<'a, Result<AgentReply, AgentError>>;
 }
 
+/// Deserialises a tool's arguments; an error names the argument at fault ("region: invalid
+/// length 3, expected an array of length 4"), found by reading each argument alone (every
+/// argument of p2g's tools is optional, so one alone reads unless it is the bad one).
+fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, String> {
+    match serde_json::from_value::<T>(args.clone()) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            let culprit = args.as_object().and_then(|obj| {
+                obj.iter().find_map(|(k, v)| {
+                    let alone = serde_json::Value::Object(
+                        std::iter::once((k.clone(), v.clone())).collect(),
+                    );
+                    serde_json::from_value::<T>(alone).err().map(|e| format!("{k}: {e}"))
+                })
+            });
+            Err(culprit.unwrap_or_else(|| e.to_string()))
+        }
+    }
+}
+
 impl<A: Agent> DynAgent for A {
     fn name(&self) -> &str {
         Agent::name(self)
@@ -338,11 +358,10 @@ impl<A: Agent> DynAgent for A {
         args: serde_json::Value,
     ) -> BoxFuture<'a, Result<AgentReply, AgentError>> {
         Box::pin(async move {
-            let args: A::Args =
-                serde_json::from_value(args).map_err(|e| AgentError::Arguments {
-                    agent: Agent::name(self).to_string(),
-                    reason: e.to_string(),
-                })?;
+            let args: A::Args = parse_args(args).map_err(|reason| AgentError::Arguments {
+                agent: Agent::name(self).to_string(),
+                reason,
+            })?;
             let out = self.run(image, args).await?;
             let findings = self.findings(&out);
             let leads = self.leads(&out);

@@ -18,7 +18,7 @@ pub struct AskCmd {
     /// The image (JPEG, PNG, WebP, TIFF, BMP).
     image: PathBuf,
 
-    /// The question.
+    /// The question; `-` reads it from standard input (for long or scripted questions).
     question: String,
 
     /// Print {"answer","grounding","steps","elapsed_ms","linked"} as one JSON object.
@@ -47,6 +47,15 @@ struct JsonAnswer<'a> {
 }
 
 pub fn run(cmd: AskCmd) -> Result<ExitCode> {
+    let question = if cmd.question == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .context("cannot read the question from standard input")?;
+        String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("the question on standard input is not UTF-8 text"))?
+    } else {
+        cmd.question.clone()
+    };
     let image = Image::open(
         &cmd.image,
         &LoadOptions {
@@ -66,7 +75,7 @@ pub fn run(cmd: AskCmd) -> Result<ExitCode> {
         region: cmd.region,
         ..Default::default()
     };
-    let answer = rt.block_on(session.ask(&cmd.question, opts))?;
+    let answer = rt.block_on(session.ask(&question, opts))?;
     let mut out = std::io::stdout().lock();
     if cmd.json {
         serde_json::to_writer(

@@ -100,8 +100,8 @@ impl Prompts {
                     return Err(bad(
                         name,
                         format!(
-                            "is {len} bytes; a prompt template may be at most \
-                             {MAX_TEMPLATE_BYTES} (it must leave the model's context to the \
+                            "is too long ({len} bytes; a prompt template may be at most \
+                             {MAX_TEMPLATE_BYTES}: it must leave the model's context to the \
                              question and the evidence)"
                         ),
                     ));

@@ -79,8 +79,8 @@ pub enum OrchestratorError {
     #[error("the question is empty")]
     EmptyQuestion,
     #[error(
-        "the question is {chars} characters long; the limit is {limit} (ask about one thing; \
-         the image's text is read by the agents, not pasted in)"
+        "the question is too long ({chars} characters; the limit is {limit}): ask about one \
+         thing; the image's text is read by the agents, not pasted in"
     )]
     QuestionTooLong { chars: usize, limit: usize },
     #[error(
@@ -88,7 +88,10 @@ pub enum OrchestratorError {
          breaks are fine)"
     )]
     ControlCharacter(u32),
-    #[error("the region [{0:.0},{1:.0},{2:.0},{3:.0}] is not inside the {4}x{5} image")]
+    #[error(
+        "the region [{0},{1},{2},{3}] is not inside the {4}x{5} image (at least a pixel of it \
+         must be)"
+    )]
     BadRegion(f32, f32, f32, f32, u32, u32),
 }
 
@@ -405,7 +408,11 @@ impl<'o> Session<'o> {
         }
         if let Some(r) = opts.region {
             let (w, h) = (self.facts.width as f32, self.facts.height as f32);
-            if !(r.x1 < r.x2 && r.y1 < r.y2 && r.x2 > 0.0 && r.y2 > 0.0 && r.x1 < w && r.y1 < h) {
+            // At least a pixel of it must be inside the image: a box a thousandth of a pixel
+            // wide holds nothing to read.
+            let inside_w = r.x2.min(w) - r.x1.max(0.0);
+            let inside_h = r.y2.min(h) - r.y1.max(0.0);
+            if !(r.x1 < r.x2 && r.y1 < r.y2 && inside_w >= 1.0 && inside_h >= 1.0) {
                 return Err(OrchestratorError::BadRegion(
                     r.x1,
                     r.y1,

@@ -153,6 +153,9 @@ impl ServeError {
                 | O::QuestionTooLong { .. }
                 | O::ControlCharacter(_),
             ) => StatusCode::BAD_REQUEST,
+            // The controller model failed (its output stayed unusable): an upstream part of
+            // the server, not the client's request.
+            Self::Ask(O::Unusable { .. } | O::NoAnswer { .. }) => StatusCode::BAD_GATEWAY,
             Self::Ask(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -171,6 +174,7 @@ impl ServeError {
             StatusCode::GATEWAY_TIMEOUT => "timeout",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             StatusCode::NOT_IMPLEMENTED => "not_loaded",
+            StatusCode::BAD_GATEWAY => "controller_failed",
             _ => "internal",
         }
     }

@@ -363,11 +363,11 @@ def images():
     write("image_huge_header_65535x65535.jpg", jpeg_with_size(tiny_jpg, 65535, 65535))
     case("image_huge_header_65535x65535.jpg", "image", "a 16x16 JPEG whose SOF0 says 65535x65535 (4.3 gigapixels), complete with EOI", "error", "pixels")
     write("image_huge_header_65535x1.jpg", jpeg_with_size(tiny_jpg, 65535, 1))
-    case("image_huge_header_65535x1.jpg", "image", "a 16x16 JPEG whose SOF0 says 65535x1: small in pixels, its 16 px of scan data do not fill it", "error", "truncated")
+    case("image_huge_header_65535x1.jpg", "image", "a 16x16 JPEG whose SOF0 says 65535x1: small in pixels, its 16 px of scan data do not fill it (the decoder fills the rest, as for any JPEG whose last scan is short but ends in EOI: read as a blank strip, nothing invented)", "ok")
     write("image_jpeg_zero_height.jpg", jpeg_with_size(tiny_jpg, 16, 0))
-    case("image_jpeg_zero_height.jpg", "image", "a JPEG whose SOF0 height is 0 (height-from-DNL, which no file here supplies)", "error", "no pixels")
+    case("image_jpeg_zero_height.jpg", "image", "a JPEG whose SOF0 height is 0 (height-from-DNL, which no file here supplies)", "error", "zero")
     write("image_png_zero_width.png", png(0, 16, 8, 0, zlib.compress(b"\0" * 16)))
-    case("image_png_zero_width.png", "image", "a PNG whose IHDR width is 0", "error", "no pixels")
+    case("image_png_zero_width.png", "image", "a PNG whose IHDR width is 0", "error", "dimensions")
     write("image_huge_header_100000x100000.bmp", bmp(100000, 100000, 24, 0, b"\0" * 64))
     case("image_huge_header_100000x100000.bmp", "image", "a 24-bit BMP header saying 100000x100000; 64 bytes of pixels", "error", "pixels")
     write("image_huge_header_1x2147483647.bmp", bmp(1, 2147483647, 24, 0, b"\0" * 64))
@@ -467,7 +467,7 @@ def images():
     n = struct.unpack("<H", loop[ifd:ifd + 2])[0]
     loop[ifd + 2 + 12 * n: ifd + 6 + 12 * n] = struct.pack("<I", ifd)  # next IFD: itself
     write("image_tiff_ifd_loop.tiff", bytes(loop))
-    case("image_tiff_ifd_loop.tiff", "image", "a 64x16 TIFF whose next-IFD offset points back at its own IFD (an endless page list)", "ok")
+    case("image_tiff_ifd_loop.tiff", "image", "a 64x16 TIFF whose next-IFD offset points back at its own IFD (an endless page list)", "error", "cycle")
 
     # Polyglots.
     poly = io.BytesIO(jpg_bytes)
@@ -677,7 +677,7 @@ def controller_outputs():
     case("controller_zoom_huge.txt", "controller_output", "zoom 1e9 (the schema allows 1 to 4)", "error", "zoom")
     big = "A" * MIB
     write("controller_1mib_string.txt", call('{"name": "answer", "arguments": {"text": "' + big + '", "regions": ["r1"]}}'))
-    case("controller_1mib_string.txt", "controller_output", "an answer whose text is a 1 MiB string (after evidence was gathered)", "error", "long")
+    case("controller_1mib_string.txt", "controller_output", "an answer whose text is a 1 MiB string (refused: before evidence as a blind answer, after it as over 4000 characters)", "error", "unusable")
     write("controller_unterminated_json.txt", '<tool_call>\n{"name": "ocr", "arguments": {"region": [0, 0, 100')
     case("controller_unterminated_json.txt", "controller_output", "a tool call cut off mid-JSON (no closing brackets, no </tool_call>)", "error", "json")
     write("controller_lone_surrogate.txt", call('{"name": "answer", "arguments": {"text": "\\ud800", "regions": []}}'))

@@ -26,6 +26,7 @@ pub fn eval_dir(sub: &str) -> PathBuf {
 }
 
 pub mod llama_server;
+pub mod serve_proc;
 
 /// The async runtime tests drive the loop on (two workers, as the CLI).
 pub fn rt() -> tokio::runtime::Runtime {
