@@ -296,25 +296,6 @@ fn deeply_nested_calls_are_refused_not_overflowed() {
     }
 }
 
-/// A plain-text answer is scanned bracket by bracket, each scan looking for the next `]`;
-/// with no `]` at all that is quadratic in the text. A remote controller's reply is not
-/// bounded by p2g, so a megabyte of `[` should still parse at once. Ignored by default: run
-/// with `cargo test --test properties -- --ignored` (it takes minutes where the scan is
-/// quadratic).
-#[test]
-#[ignore]
-fn a_megabyte_of_open_brackets_parses_in_linear_time() {
-    for s in [
-        "[".repeat(1 << 20),
-        "[x".repeat(1 << 19),
-        format!("{}]", "[r1,".repeat(1 << 18)),
-    ] {
-        let t0 = Instant::now();
-        check_decision(&s);
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Boxes: `x1,y1,x2,y2` regions and the conventions of grounding models.
 

@@ -171,7 +171,12 @@ fn plain_answer(text: &str) -> Decision {
     let mut rest = text;
     while let Some(open) = rest.find('[') {
         let after = &rest[open + 1..];
-        let close = after.find(']');
+        // A citation holds no `[`: the group ends at the next bracket of either kind, which
+        // keeps the scan linear (looking for `]` past every `[` made a megabyte of `[` from a
+        // remote model take 22 s).
+        let close = after
+            .find(['[', ']'])
+            .filter(|&c| after.as_bytes()[c] == b']');
         let inner = close.map(|c| &after[..c]);
         let ids: Option<Vec<&str>> = inner.map(|s| s.split(',').map(str::trim).collect());
         let is_ref = ids.as_ref().is_some_and(|ids| {
@@ -206,6 +211,27 @@ mod tests {
     use super::*;
 
     const TOOLS: &[&str] = &["ocr"];
+
+    #[test]
+    fn brackets_without_citations_stay_text() {
+        // A megabyte of `[` (a reply p2g does not bound) is text, read in one pass.
+        let s = "[".repeat(1 << 20);
+        match plain_answer(&s) {
+            Decision::Answer { text, grounding } => {
+                assert_eq!(text.len(), 1 << 20);
+                assert!(grounding.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match plain_answer("a [x [r2] b [r3, r4]") {
+            Decision::Answer { text, grounding } => {
+                assert_eq!(text, "a [x b");
+                let ids: Vec<&str> = grounding.iter().map(|c| c.region.as_str()).collect();
+                assert_eq!(ids, ["r2", "r3", "r4"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn tool_calls_and_answers() {
