@@ -49,6 +49,16 @@ fn cases() -> Vec<Case> {
     }
 }
 
+/// One way in: its name, the command's arguments, extra environment, standard input, and
+/// the peak memory it may use (MB).
+type Door = (
+    &'static str,
+    Vec<std::ffi::OsString>,
+    Vec<(&'static str, PathBuf)>,
+    Vec<u8>,
+    u64,
+);
+
 /// How one command ended.
 struct Ran {
     code: Option<i32>,
@@ -73,6 +83,8 @@ fn p2g(args: &[&std::ffi::OsStr], env: &[(&str, &Path)], stdin: &[u8]) -> Ran {
         cmd.env(k, v);
     }
     let t0 = Instant::now();
+    // Reaped by the wait4 loop below (for its peak-memory figure), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     let bytes = stdin.to_vec();
@@ -215,7 +227,9 @@ fn judge(case: &Case, door: &str, r: &Ran, bound_mb: u64) -> Option<String> {
             }
             // p2g's own errors are one line (argument errors are clap's, with a usage hint).
             if r.code == Some(1) && !last.starts_with("p2g: error:") {
-                return Some(format!("{door}: the error is not one 'p2g: error:' line: {last}"));
+                return Some(format!(
+                    "{door}: the error is not one 'p2g: error:' line: {last}"
+                ));
             }
             if last.chars().count() > 2000 {
                 return Some(format!("{door}: a {}-character error line", last.len()));
@@ -245,13 +259,18 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
         assert!(file.is_file(), "{} is missing", file.display());
         let text = std::fs::read(&file).unwrap();
         let lossy = String::from_utf8_lossy(&text).into_owned();
-        let mut doors: Vec<(&str, Vec<std::ffi::OsString>, Vec<(&str, PathBuf)>, Vec<u8>, u64)> =
-            Vec::new();
+        let mut doors: Vec<Door> = Vec::new();
         let img_bound = case.max_rss_mb.unwrap_or(1536);
         match case.kind.as_str() {
             "image" => {
                 let f = file.clone().into_os_string();
-                doors.push(("ocr", vec![os("ocr"), f.clone(), os("--json")], vec![], vec![], img_bound));
+                doors.push((
+                    "ocr",
+                    vec![os("ocr"), f.clone(), os("--json")],
+                    vec![],
+                    vec![],
+                    img_bound,
+                ));
                 doors.push((
                     "detect",
                     vec![os("detect"), f.clone(), os("person"), os("--json")],
@@ -331,7 +350,11 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
                     vec![],
                     1536,
                 ));
-                let mut a = vec![os("ask"), header.clone().into_os_string(), os("What does it say?")];
+                let mut a = vec![
+                    os("ask"),
+                    header.clone().into_os_string(),
+                    os("What does it say?"),
+                ];
                 a.extend(ask_tail.iter().map(|s| os(s)));
                 doors.push(("ask", a, vec![("P2G_AGENTS_DIR", dir)], vec![], 3072));
             }
@@ -398,10 +421,18 @@ async fn request(
     url: String,
     form: reqwest::multipart::Form,
 ) -> Result<(u16, String), String> {
-    let r = c.post(url).multipart(form).send().await.map_err(|e| e.to_string())?;
+    let r = c
+        .post(url)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let code = r.status().as_u16();
     let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-    let text = body["error"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+    let text = body["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
     Ok((code, text))
 }
 
@@ -417,10 +448,16 @@ fn judge_http(case: &Case, door: &str, got: Result<(u16, String), String>) -> Op
         // A client's bad input is a 4xx; a broken template or a model's bad output is the
         // server's own failure (5xx), still with its reason.
         "error" if code >= 500 && !matches!(case.kind.as_str(), "controller_output" | "prompt") => {
-            Some(format!("{door}: a server error ({code}) for bad input: {text}"))
+            Some(format!(
+                "{door}: a server error ({code}) for bad input: {text}"
+            ))
         }
         "error" => {
-            let want = case.error_contains.clone().unwrap_or_default().to_lowercase();
+            let want = case
+                .error_contains
+                .clone()
+                .unwrap_or_default()
+                .to_lowercase();
             (!text.to_lowercase().contains(&want))
                 .then(|| format!("{door}: the error lacks {want:?}: {text}"))
         }
@@ -431,7 +468,10 @@ fn judge_http(case: &Case, door: &str, got: Result<(u16, String), String>) -> Op
 fn form_with(image: &Path) -> reqwest::multipart::Form {
     let bytes = std::fs::read(image).unwrap();
     let name = image.file_name().unwrap().to_string_lossy().into_owned();
-    reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(bytes).file_name(name))
+    reqwest::multipart::Form::new().part(
+        "image",
+        reqwest::multipart::Part::bytes(bytes).file_name(name),
+    )
 }
 
 #[test]
@@ -452,8 +492,15 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
     let fake = FakeModel::start();
     let fake_url = fake.url();
     let mut remote_args = vec![
-        "--controller", "openai", "--base-url", &fake_url, "--model", "fake", "--no-stream",
-        "--max-retries", "0",
+        "--controller",
+        "openai",
+        "--base-url",
+        &fake_url,
+        "--model",
+        "fake",
+        "--no-stream",
+        "--max-retries",
+        "0",
     ];
     remote_args.extend(["--max-zooms", "0"]);
     let remote = Server::start(&remote_args, &[]);
@@ -479,7 +526,11 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
                     }
                     f
                 };
-                note(judge_http(case, "serve ocr", request(&c, server.url("/v1/ocr"), path(&[])).await));
+                note(judge_http(
+                    case,
+                    "serve ocr",
+                    request(&c, server.url("/v1/ocr"), path(&[])).await,
+                ));
                 note(judge_http(
                     case,
                     "serve detect",
@@ -488,22 +539,39 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
                 note(judge_http(
                     case,
                     "serve ask",
-                    request(&c, asker.url("/v1/ask"), path(&[("question", "What does it say?")])).await,
+                    request(
+                        &c,
+                        asker.url("/v1/ask"),
+                        path(&[("question", "What does it say?")]),
+                    )
+                    .await,
                 ));
             }),
             "question" => rt.block_on(async {
                 let f = form_with(&header)
                     .part("question", reqwest::multipart::Part::bytes(text.clone()));
-                note(judge_http(case, "serve ask", request(&c, asker.url("/v1/ask"), f).await));
+                note(judge_http(
+                    case,
+                    "serve ask",
+                    request(&c, asker.url("/v1/ask"), f).await,
+                ));
             }),
             "region" => rt.block_on(async {
                 let f = form_with(&header).text("region", lossy.trim_end_matches('\n').to_string());
-                note(judge_http(case, "serve ocr", request(&c, server.url("/v1/ocr"), f).await));
+                note(judge_http(
+                    case,
+                    "serve ocr",
+                    request(&c, server.url("/v1/ocr"), f).await,
+                ));
             }),
             "controller_output" => rt.block_on(async {
                 *fake.reply.lock().unwrap() = lossy.clone();
                 let f = form_with(&header).text("question", "What is the shop name?");
-                note(judge_http(case, "serve ask", request(&c, remote.url("/v1/ask"), f).await));
+                note(judge_http(
+                    case,
+                    "serve ask",
+                    request(&c, remote.url("/v1/ask"), f).await,
+                ));
             }),
             "agent_manifest" | "prompt" => {
                 // A broken manifest or template either stops the server at start, with the
@@ -525,7 +593,11 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
                 }
                 match Server::try_start(&a, &env) {
                     Err(log) => {
-                        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                        let last = log
+                            .lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("");
                         if log.contains("panicked") {
                             note(Some(format!("serve start crashed: {last}")));
                         } else if case.expect == "ok" {
@@ -539,7 +611,11 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
                     }
                     Ok(s) => rt.block_on(async {
                         let f = form_with(&header).text("question", "What does it say?");
-                        note(judge_http(case, "serve ask", request(&c, s.url("/v1/ask"), f).await));
+                        note(judge_http(
+                            case,
+                            "serve ask",
+                            request(&c, s.url("/v1/ask"), f).await,
+                        ));
                         if s.log().contains("panicked") {
                             note(Some(format!("serve panicked: {}", s.log())));
                         }
@@ -557,5 +633,10 @@ fn every_hostile_input_gets_a_clear_answer_from_the_server() {
         let r = c.get(server.url("/healthz")).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200);
     });
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }

@@ -128,7 +128,10 @@ fn eight_parallel_sessions_answer_as_one_by_one_and_a_cancel_stays_local() {
         (answers, doomed.join().unwrap())
     });
     let answers: Vec<String> = answers.into_iter().map(outcome).collect();
-    assert_eq!(answers, one_by_one, "parallel answers differ from one-by-one ones");
+    assert_eq!(
+        answers, one_by_one,
+        "parallel answers differ from one-by-one ones"
+    );
     assert!(
         matches!(cancelled, Err(OrchestratorError::Cancelled)),
         "the cancelled question: {cancelled:?}"

@@ -28,7 +28,11 @@ fn says(e: &(dyn std::error::Error + 'static), parts: &[&str]) -> String {
 }
 
 fn once(line: &str, part: &str) {
-    assert_eq!(line.matches(part).count(), 1, "{line:?} says {part:?} more than once");
+    assert_eq!(
+        line.matches(part).count(),
+        1,
+        "{line:?} says {part:?} more than once"
+    );
 }
 
 #[test]
@@ -45,12 +49,19 @@ fn model_errors_name_the_file_and_what_onnx_runtime_said() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("det.onnx");
     std::fs::write(&bad, b"not a protobuf").unwrap();
-    let e = OnnxModel::open(env, &bad, &SessionOptions::default()).err().unwrap();
+    let e = OnnxModel::open(env, &bad, &SessionOptions::default())
+        .err()
+        .unwrap();
     let line = says(&e, &[bad.to_str().unwrap()]);
     assert!(line.to_lowercase().contains("protobuf"), "{line}");
 
-    let e = OnnxModel::remote("http://127.0.0.1:9/v2/models/det").err().unwrap();
-    says(&e, &["http://127.0.0.1:9/v2/models/det", "connection refused"]);
+    let e = OnnxModel::remote("http://127.0.0.1:9/v2/models/det")
+        .err()
+        .unwrap();
+    says(
+        &e,
+        &["http://127.0.0.1:9/v2/models/det", "connection refused"],
+    );
 }
 
 #[test]
@@ -93,7 +104,11 @@ fn loop_errors_keep_the_controllers_cause() {
     // A question template that prints a variable the loop never sets: the question fails with
     // the template's name and the reason, through the orchestrator's error.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("question.md"), "{{ question }} {{ no_such_value }}").unwrap();
+    std::fs::write(
+        dir.path().join("question.md"),
+        "{{ question }} {{ no_such_value }}",
+    )
+    .unwrap();
     let mut cfg = EmbeddedConfig::new(Prompts::with_overrides(dir.path()).unwrap());
     cfg.prompt_cache = None;
     let store = Store::open_default().unwrap();

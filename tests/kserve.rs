@@ -62,17 +62,22 @@ impl MlServer {
         };
         let t0 = Instant::now();
         loop {
-            let ready = ["ppocrv5_det", "ppocrv5_cls", "ppocrv5_rec"].iter().all(|m| {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                    && http_status(&format!("{}/ready", s.url(m))) == Some(200)
-            });
+            let ready = ["ppocrv5_det", "ppocrv5_cls", "ppocrv5_rec"]
+                .iter()
+                .all(|m| {
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                        && http_status(&format!("{}/ready", s.url(m))) == Some(200)
+                });
             if ready {
                 return s;
             }
             if let Ok(Some(status)) = s.child.try_wait() {
                 panic!("MLServer exited ({status}); see {:?}", s._work.path());
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "MLServer did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "MLServer did not start"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -114,8 +119,12 @@ fn ocr_through_mlserver_reads_the_same_lines_as_in_process() {
     let store = Store::open_default().unwrap();
     let mut cfg = OcrConfig::embedded().unwrap();
     cfg.manifest = AgentManifest::parse(&remote_manifest(&server), "remote ocr.toml").unwrap();
-    let remote = OcrAgent::load(&ModelSource::Store(store), &Store::open_default().unwrap(), cfg)
-        .unwrap();
+    let remote = OcrAgent::load(
+        &ModelSource::Store(store),
+        &Store::open_default().unwrap(),
+        cfg,
+    )
+    .unwrap();
     let local = common::agent();
     for img in [
         common::fixture("header.png"),
@@ -142,13 +151,18 @@ fn ocr_through_mlserver_reads_the_same_lines_as_in_process() {
     std::fs::write(dir.path().join("ocr.toml"), remote_manifest(&server)).unwrap();
     let run = |agents: Option<&Path>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2g"));
-        cmd.args(["ocr", "--json"]).arg(common::fixture("header.png"));
+        cmd.args(["ocr", "--json"])
+            .arg(common::fixture("header.png"));
         match agents {
             Some(d) => cmd.env("P2G_AGENTS_DIR", d),
             None => cmd.env_remove("P2G_AGENTS_DIR"),
         };
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v.as_object_mut().unwrap().remove("elapsed_ms");
         v
@@ -170,7 +184,10 @@ fn a_missing_server_or_model_is_a_clear_error() {
         .err()
         .unwrap();
     let msg = p2g::error_line(&e);
-    assert!(msg.contains("connection refused") && msg.contains(&port.to_string()), "{msg}");
+    assert!(
+        msg.contains("connection refused") && msg.contains(&port.to_string()),
+        "{msg}"
+    );
 
     let server = MlServer::start();
     let text = format!(
@@ -184,5 +201,8 @@ fn a_missing_server_or_model_is_a_clear_error() {
         .err()
         .unwrap();
     let msg = p2g::error_line(&e);
-    assert!(msg.contains("HTTP 404") && msg.contains("no_such_model"), "{msg}");
+    assert!(
+        msg.contains("HTTP 404") && msg.contains("no_such_model"),
+        "{msg}"
+    );
 }

@@ -158,7 +158,11 @@ fn never_reads_outside_the_allowed_folder() {
     let _one = one_at_a_time();
     let allowed = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
-    std::fs::copy(common::fixture("header.png"), outside.path().join("secret.png")).unwrap();
+    std::fs::copy(
+        common::fixture("header.png"),
+        outside.path().join("secret.png"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(
         outside.path().join("secret.png"),
         allowed.path().join("link.png"),
@@ -179,7 +183,10 @@ fn never_reads_outside_the_allowed_folder() {
             ("/etc/passwd", 403),
         ] {
             for (endpoint, body) in [
-                ("/v1/ask", json!({"path": path, "question": "What does it say?"})),
+                (
+                    "/v1/ask",
+                    json!({"path": path, "question": "What does it say?"}),
+                ),
                 ("/v1/ocr", json!({"path": path})),
             ] {
                 let (got, e) = post_json(&c, s.url(endpoint), body).await;
@@ -215,14 +222,28 @@ fn bad_requests_get_clear_errors_and_the_token_is_enforced() {
     let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
     common::rt().block_on(async {
         // No token, wrong token: 401; /healthz stays open for probes.
-        let r = c.post(s.url("/v1/ocr")).multipart(upload(&common::fixture("header.png"), None));
+        let r = c
+            .post(s.url("/v1/ocr"))
+            .multipart(upload(&common::fixture("header.png"), None));
         assert_eq!(r.send().await.unwrap().status().as_u16(), 401);
         let r = c.get(s.url("/metrics")).bearer_auth("s3cret!");
         assert_eq!(r.send().await.unwrap().status().as_u16(), 401);
-        assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status().as_u16(), 200);
+        assert_eq!(
+            c.get(s.url("/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
 
         let cases: Vec<(Form, u16, &str)> = vec![
-            (upload(&common::fixture("header.png"), None), 400, "question"),
+            (
+                upload(&common::fixture("header.png"), None),
+                400,
+                "question",
+            ),
             (
                 upload(&common::fixture("header.png"), Some("What?")).text("colour", "red"),
                 400,
@@ -260,11 +281,19 @@ fn bad_requests_get_clear_errors_and_the_token_is_enforced() {
                 422,
                 "not an image",
             ),
-            (upload(&common::fixture("bomb.png"), Some("What?")), 413, "pixels"),
+            (
+                upload(&common::fixture("bomb.png"), Some("What?")),
+                413,
+                "pixels",
+            ),
             (Form::new().text("question", "What?"), 400, "no image"),
         ];
         for (i, (form, code, says)) in cases.into_iter().enumerate() {
-            let r = auth(c.post(s.url("/v1/ask"))).multipart(form).send().await.unwrap();
+            let r = auth(c.post(s.url("/v1/ask")))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
             let got = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
             assert_eq!(got, code, "case {i}: {body}");
@@ -276,7 +305,10 @@ fn bad_requests_get_clear_errors_and_the_token_is_enforced() {
         // body is sent (a raw request: the client reads the answer before uploading).
         let (code, body) = raw_head(&s, "/v1/ask", 2 << 20, "s3cret");
         assert_eq!(code, 413, "{body}");
-        assert!(body.contains("too large") && body.contains("--max-upload-mib"), "{body}");
+        assert!(
+            body.contains("too large") && body.contains("--max-upload-mib"),
+            "{body}"
+        );
         let r = auth(c.post(s.url("/v1/ask")))
             .header("content-type", "text/plain")
             .body("What?")
@@ -331,11 +363,21 @@ fn raw_head(s: &Server, path: &str, length: usize, token: &str) -> (u16, String)
 async fn idle(c: &reqwest::Client, s: &Server) {
     let t0 = Instant::now();
     loop {
-        let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let m = c
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if m.contains("p2g_in_flight 0") {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the server stayed busy");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the server stayed busy"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -378,7 +420,11 @@ fn overload_is_answered_at_once_and_deadlines_and_hang_ups_cancel_work() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 429);
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry >= 1);
         // The receipt takes longer than the 2 s deadline: 504, and the work is cancelled.
         let r = busy.await.unwrap().unwrap();
@@ -411,7 +457,10 @@ fn overload_is_answered_at_once_and_deadlines_and_hang_ups_cancel_work() {
                 break;
             }
             assert_eq!(r.status().as_u16(), 429);
-            assert!(t0.elapsed() < Duration::from_secs(10), "the worker stayed taken");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the worker stayed taken"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -432,7 +481,12 @@ fn sigterm_finishes_in_flight_work_and_loses_no_trace() {
     let traces = tempfile::tempdir().unwrap();
     // A long grace: the test build's controller is slower than a release build's.
     let s = Server::start(
-        &["--grace", "600", "--trace-dir", traces.path().to_str().unwrap()],
+        &[
+            "--grace",
+            "600",
+            "--trace-dir",
+            traces.path().to_str().unwrap(),
+        ],
         &[],
     );
     let c = client();
@@ -440,7 +494,10 @@ fn sigterm_finishes_in_flight_work_and_loses_no_trace() {
     let pending = {
         let c = c.clone();
         let url = s.url("/v1/ask");
-        let form = upload(&common::fixture("header.png"), Some("What is the registration number in the header?"));
+        let form = upload(
+            &common::fixture("header.png"),
+            Some("What is the registration number in the header?"),
+        );
         rt.spawn(async move { post(&c, url, form).await })
     };
     std::thread::sleep(Duration::from_millis(700));
@@ -450,12 +507,20 @@ fn sigterm_finishes_in_flight_work_and_loses_no_trace() {
     assert_eq!(code, 200, "{a}");
     let session = a["session"].as_str().unwrap();
     let trace = std::fs::read_to_string(traces.path().join(format!("{session}.jsonl"))).unwrap();
-    assert!(trace.lines().any(|l| l.contains("\"event\":\"answer\"")), "{trace}");
+    assert!(
+        trace.lines().any(|l| l.contains("\"event\":\"answer\"")),
+        "{trace}"
+    );
 
     // With no grace, in-flight work is cancelled (503), and its trace says so.
     let traces = tempfile::tempdir().unwrap();
     let s = Server::start(
-        &["--grace", "0", "--trace-dir", traces.path().to_str().unwrap()],
+        &[
+            "--grace",
+            "0",
+            "--trace-dir",
+            traces.path().to_str().unwrap(),
+        ],
         &[],
     );
     let pending = {
@@ -469,7 +534,11 @@ fn sigterm_finishes_in_flight_work_and_loses_no_trace() {
     assert!(status.success(), "{status:?}");
     let (code, e) = rt.block_on(pending).unwrap();
     assert_eq!(code, 503, "{e}");
-    let f = std::fs::read_dir(traces.path()).unwrap().next().unwrap().unwrap();
+    let f = std::fs::read_dir(traces.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
     let trace = std::fs::read_to_string(f.path()).unwrap();
     assert!(trace.contains("cancelled"), "{trace}");
 }

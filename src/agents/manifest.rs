@@ -168,7 +168,9 @@ impl AgentManifest {
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, AgentError> {
         toml::Value::Table(self.options.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| self.error(format!("[options]: {}", clip(&e.to_string()))))
+            .map_err(|e: toml::de::Error| {
+                self.error(format!("[options]: {}", clip(&e.to_string())))
+            })
     }
 }
 

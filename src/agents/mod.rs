@@ -323,7 +323,9 @@ fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, String>
                     let alone = serde_json::Value::Object(
                         std::iter::once((k.clone(), v.clone())).collect(),
                     );
-                    serde_json::from_value::<T>(alone).err().map(|e| format!("{k}: {e}"))
+                    serde_json::from_value::<T>(alone)
+                        .err()
+                        .map(|e| format!("{k}: {e}"))
                 })
             });
             Err(culprit.unwrap_or_else(|| e.to_string()))

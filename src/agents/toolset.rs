@@ -73,11 +73,7 @@ impl ToolSet {
 
     /// The agent `caller` may call by `name`, or the outcome that reports it does not exist
     /// (listing what the caller could have called).
-    pub fn resolve(
-        &self,
-        name: &str,
-        caller: Caller,
-    ) -> Result<&Arc<dyn DynAgent>, CallOutcome> {
+    pub fn resolve(&self, name: &str, caller: Caller) -> Result<&Arc<dyn DynAgent>, CallOutcome> {
         match self.by_name.get(name).map(|&i| &self.entries[i]) {
             Some(e) if e.offered || caller == Caller::Loop => Ok(&e.agent),
             _ => Err(CallOutcome::UnknownTool {
@@ -174,14 +170,22 @@ impl std::fmt::Display for CallStatus {
 #[derive(Debug)]
 pub enum CallOutcome {
     /// No tool of that name (that the caller may call).
-    UnknownTool { available: Vec<String> },
+    UnknownTool {
+        available: Vec<String>,
+    },
     /// The same call was made before; its regions (possibly none) were not read again.
-    Repeated { earlier: Vec<String> },
+    Repeated {
+        earlier: Vec<String>,
+    },
     Cancelled,
-    TimedOut { after: Duration },
+    TimedOut {
+        after: Duration,
+    },
     Failed(AgentError),
     /// The agent ran: the ids of the regions it returned (none: it found nothing).
-    Found { ids: Vec<String> },
+    Found {
+        ids: Vec<String>,
+    },
 }
 
 impl CallOutcome {
@@ -316,7 +320,10 @@ mod tests {
         let found = CallOutcome::Found {
             ids: vec!["r1".into()],
         };
-        assert_eq!(found.observation("ocr", "r1 [0,0,1,1] \"A\""), "r1 [0,0,1,1] \"A\"");
+        assert_eq!(
+            found.observation("ocr", "r1 [0,0,1,1] \"A\""),
+            "r1 [0,0,1,1] \"A\""
+        );
         assert_eq!(found.summary("ocr"), "1 regions");
     }
 }

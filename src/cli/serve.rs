@@ -68,7 +68,9 @@ pub fn run(cmd: ServeCmd) -> Result<ExitCode> {
         request_timeout: Duration::from_secs(cmd.request_timeout.max(1)),
         max_body_bytes: cmd.max_upload_mib.max(1) << 20,
         max_pixels: cmd.args.max_pixels,
-        token: std::env::var("P2G_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+        token: std::env::var("P2G_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
         max_sessions: cmd.max_sessions,
         session_ttl: Duration::from_secs(cmd.session_ttl.max(1)),
         trace_dir: cmd.trace_dir.clone(),
@@ -99,11 +101,19 @@ pub fn run(cmd: ServeCmd) -> Result<ExitCode> {
             "p2g serve: listening on http://{addr} (controller {}; agents {}; {} at a time, \
              queue {}; models loaded in {:.1} s{})",
             orch.controller().name(),
-            if agents.is_empty() { "none".to_string() } else { agents.join(", ") },
+            if agents.is_empty() {
+                "none".to_string()
+            } else {
+                agents.join(", ")
+            },
             cfg.concurrency,
             cfg.queue,
             loaded.as_secs_f64(),
-            if cfg.token.is_some() { "; bearer token required" } else { "" },
+            if cfg.token.is_some() {
+                "; bearer token required"
+            } else {
+                ""
+            },
         );
         server::serve(listener, state, server::shutdown_signal())
             .await

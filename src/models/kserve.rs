@@ -81,7 +81,8 @@ impl RemoteModel {
     /// every PaddleOCR model does).
     pub fn connect(url: &str) -> Result<Self, String> {
         let url = url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || !url.contains("/v2/models/")
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || !url.contains("/v2/models/")
         {
             return Err(format!(
                 "{url} is not a KServe V2 model URL (expected http://HOST:PORT/v2/models/NAME)"
@@ -93,7 +94,10 @@ impl RemoteModel {
             .http_status_as_error(false)
             .build();
         let agent: ureq::Agent = config.into();
-        let mut r = agent.get(&url).call().map_err(|e| unreachable_msg(&url, &e))?;
+        let mut r = agent
+            .get(&url)
+            .call()
+            .map_err(|e| unreachable_msg(&url, &e))?;
         let status = r.status().as_u16();
         let body = r
             .body_mut()
@@ -239,14 +243,25 @@ mod tests {
         let e = RemoteModel::connect("http://127.0.0.1:9/v2").err().unwrap();
         assert!(e.contains("not a KServe V2 model URL"), "{e}");
         // Port 9 (discard) is closed on a test machine.
-        let e = RemoteModel::connect("http://127.0.0.1:9/v2/models/a").err().unwrap();
+        let e = RemoteModel::connect("http://127.0.0.1:9/v2/models/a")
+            .err()
+            .unwrap();
         assert!(e.contains("cannot reach"), "{e}");
     }
 
     #[test]
     fn server_messages_are_one_line() {
-        assert_eq!(server_message("{\"error\":\"Model nope\\n not found\"}"), "Model nope not found");
-        assert!(server_message("{\"detail\":[{\"msg\":\"Field required\"}]}").contains("Field required"));
-        assert_eq!(server_message("Internal Server Error"), "Internal Server Error");
+        assert_eq!(
+            server_message("{\"error\":\"Model nope\\n not found\"}"),
+            "Model nope not found"
+        );
+        assert!(
+            server_message("{\"detail\":[{\"msg\":\"Field required\"}]}")
+                .contains("Field required")
+        );
+        assert_eq!(
+            server_message("Internal Server Error"),
+            "Internal Server Error"
+        );
     }
 }

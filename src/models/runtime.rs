@@ -198,7 +198,9 @@ impl OnnxModel {
     pub fn signature(&self) -> Result<Signature, String> {
         if let Backend::Remote(m) = &self.backend {
             let list = |t: &[super::kserve::TensorMeta]| {
-                t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+                t.iter()
+                    .map(|t| (t.name.clone(), t.shape.clone()))
+                    .collect()
             };
             return Ok(Signature {
                 inputs: list(m.inputs()),

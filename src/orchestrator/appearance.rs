@@ -23,9 +23,7 @@ impl Session<'_> {
         opts: &AskOptions,
         started: Instant,
     ) -> Option<Answer> {
-        let has = |c: Capability| {
-            self.orch.tools.has_capability(c)
-        };
+        let has = |c: Capability| self.orch.tools.has_capability(c);
         if !asks_about_colour(question)
             || self.orch.controller.accepts_images()
             || has(Capability::Appearance)
@@ -35,7 +33,9 @@ impl Session<'_> {
             return None;
         }
         let colour = self
-            .orch.tools.with_capability(Capability::Colour)?
+            .orch
+            .tools
+            .with_capability(Capability::Colour)?
             .name()
             .to_string();
         self.turns.push(Turn::Question {
@@ -114,14 +114,12 @@ impl Session<'_> {
     pub(super) fn unanswerable(&mut self, question: &str, started: Instant) -> Option<Answer> {
         if !asks_about_appearance(question)
             || self.orch.controller.accepts_images()
-            || self
-                .orch.tools.has_capability(Capability::Appearance)
+            || self.orch.tools.has_capability(Capability::Appearance)
         {
             return None;
         }
         let tools: Vec<&str> = self.orch.tools.all().map(|a| a.name()).collect();
-        let has_colour = self
-            .orch.tools.has_capability(Capability::Colour);
+        let has_colour = self.orch.tools.has_capability(Capability::Colour);
         let text = format!(
             "I cannot tell: answering needs to see what things look like (colours, shapes, \
              drawings, logos), and no vision model is loaded; the available tools ({}) only {}.",
@@ -130,9 +128,7 @@ impl Session<'_> {
             } else {
                 tools.join(", ")
             },
-            if self
-                .orch.tools.has_capability(Capability::Objects)
-            {
+            if self.orch.tools.has_capability(Capability::Objects) {
                 if has_colour {
                     "read text, locate objects and name the colours of what they find"
                 } else {

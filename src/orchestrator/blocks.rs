@@ -84,10 +84,7 @@ impl Session<'_> {
         opts: &AskOptions,
         spent: &mut ZoomSpent,
     ) {
-        let Some(agent) = self
-            .orch.tools.with_capability(Capability::Layout)
-            .cloned()
-        else {
+        let Some(agent) = self.orch.tools.with_capability(Capability::Layout).cloned() else {
             return;
         };
         let words = words(question);

@@ -6,8 +6,8 @@ use std::time::Instant;
 use super::evidence::{self, Region};
 use super::zoom::ZoomRecord;
 use super::{AskOptions, Session};
-pub(super) use crate::agents::Caller;
 use crate::agents::CallOutcome;
+pub(super) use crate::agents::Caller;
 use crate::trace::TraceEvent;
 use crate::vision::BBox;
 

@@ -102,8 +102,7 @@ impl Session<'_> {
     /// detector found for the question ("that black mug": the mug is black, not its text).
     fn text_colour_words(&self, question: &str) -> Vec<&'static str> {
         let wanted = colour_words(question);
-        let detector = self
-            .orch.tools.with_capability(Capability::Objects);
+        let detector = self.orch.tools.with_capability(Capability::Objects);
         let Some(detector) = detector.filter(|_| !self.object_focus.is_empty()) else {
             return wanted;
         };

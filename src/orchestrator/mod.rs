@@ -496,7 +496,9 @@ impl<'o> Session<'o> {
     fn answerable_regions(&self, focus: Option<BBox>) -> (Vec<RegionText>, bool) {
         // A layout block's finding is its kind ("title", "table"), a label, not content.
         let layout: Option<&str> = self
-            .orch.tools.with_capability(Capability::Layout)
+            .orch
+            .tools
+            .with_capability(Capability::Layout)
             .map(|a| a.name());
         let content = |r: &Region| {
             r.stands()
@@ -697,13 +699,20 @@ impl<'o> Session<'o> {
                     status,
                     summary,
                     ..
-                } if *status != crate::agents::CallStatus::Ok => {
-                    Some(format!("; its last call failed ({agent}: {})", clip(summary, 200)))
-                }
+                } if *status != crate::agents::CallStatus::Ok => Some(format!(
+                    "; its last call failed ({agent}: {})",
+                    clip(summary, 200)
+                )),
                 _ => None,
             })
             .unwrap_or_default();
-        Err((OrchestratorError::NoAnswer { steps: max, failure }, max))
+        Err((
+            OrchestratorError::NoAnswer {
+                steps: max,
+                failure,
+            },
+            max,
+        ))
     }
 
     /// What the controller is given for one decision.

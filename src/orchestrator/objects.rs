@@ -202,7 +202,9 @@ impl Session<'_> {
         best_of_many: bool,
     ) -> Vec<String> {
         let Some(agent) = self
-            .orch.tools.with_capability(Capability::Objects)
+            .orch
+            .tools
+            .with_capability(Capability::Objects)
             .cloned()
         else {
             return Vec::new();

@@ -278,7 +278,10 @@ impl Session<'_> {
     /// The agent that reads magnified (the first that can), if any.
     pub(super) fn zoom_agent(&self) -> Option<Arc<dyn DynAgent>> {
         let probe = BBox::new(0.0, 0.0, 2.0, 2.0);
-        self.orch.tools.all().find(|a| a.zoom_arguments(&probe).is_some())
+        self.orch
+            .tools
+            .all()
+            .find(|a| a.zoom_arguments(&probe).is_some())
             .cloned()
     }
 

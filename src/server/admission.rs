@@ -30,7 +30,10 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.metrics.running.fetch_sub(1, Ordering::Relaxed);
+        self.admission
+            .metrics
+            .running
+            .fetch_sub(1, Ordering::Relaxed);
         let ms = self.started.elapsed().as_millis() as u64;
         // An exponential average (1/8 new): follows a change of load in a few requests.
         let old = self.admission.mean_ms.load(Ordering::Relaxed);
@@ -58,11 +61,11 @@ impl Admission {
             Ok(p) => p,
             Err(_) => {
                 // Reserve a place in the queue, or refuse.
-                let reserved = self
-                    .waiting
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                        (w < self.queue).then_some(w + 1)
-                    });
+                let reserved =
+                    self.waiting
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                            (w < self.queue).then_some(w + 1)
+                        });
                 if reserved.is_err() {
                     return Err(ServeError::Overloaded {
                         retry_after: self.retry_after(),
@@ -96,7 +99,9 @@ impl Admission {
     fn retry_after(&self) -> u64 {
         let mean = self.mean_ms.load(Ordering::Relaxed).max(1000);
         let ahead = self.waiting.load(Ordering::Relaxed) as u64 + 1;
-        (mean * ahead / self.concurrency as u64).div_ceil(1000).clamp(1, 600)
+        (mean * ahead / self.concurrency as u64)
+            .div_ceil(1000)
+            .clamp(1, 600)
     }
 }
 

@@ -94,7 +94,9 @@ impl Form {
         let v: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| ServeError::BadRequest(format!("the body is not valid JSON: {e}")))?;
         let serde_json::Value::Object(map) = v else {
-            return Err(ServeError::BadRequest("the body must be a JSON object".into()));
+            return Err(ServeError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
         };
         let mut form = Self::default();
         for (k, v) in map {

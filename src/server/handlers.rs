@@ -86,7 +86,8 @@ async fn counted(
             e.into_response()
         }
     };
-    st.metrics.request(endpoint, r.status().as_u16(), t0.elapsed());
+    st.metrics
+        .request(endpoint, r.status().as_u16(), t0.elapsed());
     r
 }
 
@@ -239,22 +240,24 @@ async fn ask_inner(st: Arc<State>, req: Request) -> Result<Response, ServeError>
     let left = deadline.saturating_duration_since(Instant::now());
     let answer = match tokio::time::timeout(left, task).await {
         Err(_) => return Err(ServeError::Timeout(st.cfg.request_timeout.as_secs())),
-        Ok(Err(e)) => return Err(ServeError::Internal(format!("the question's task failed: {e}"))),
+        Ok(Err(e)) => {
+            return Err(ServeError::Internal(format!(
+                "the question's task failed: {e}"
+            )))
+        }
         Ok(Ok(r)) => r?,
     };
     drop(cancel);
     entry.touch();
-    let mut body = serde_json::to_value(&answer).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let mut body =
+        serde_json::to_value(&answer).map_err(|e| ServeError::Internal(e.to_string()))?;
     if let Some(o) = body.as_object_mut() {
         o.insert("session".into(), json!(entry.id));
     }
     Ok(Json(body).into_response())
 }
 
-async fn trace(
-    Shared(st): Shared<Arc<State>>,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
+async fn trace(Shared(st): Shared<Arc<State>>, UrlPath(id): UrlPath<String>) -> Response {
     counted(&st.clone(), "trace", async move {
         let entry = st
             .sessions
@@ -298,7 +301,11 @@ async fn run_agent(
             .await
     });
     let reply = match task.await {
-        Err(e) => return Err(ServeError::Internal(format!("the agent's task failed: {e}"))),
+        Err(e) => {
+            return Err(ServeError::Internal(format!(
+                "the agent's task failed: {e}"
+            )))
+        }
         Ok(Err(outcome)) => return Err(ServeError::from_outcome(&agent, outcome)),
         Ok(Ok(r)) => r,
     };
@@ -317,7 +324,12 @@ async fn run_agent(
 async fn ocr(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
     counted(&st.clone(), "ocr", async move {
         check_running(&st)?;
-        let mut form = Form::read(req, &["image", "path", "region", "zoom"], st.cfg.max_body_bytes).await?;
+        let mut form = Form::read(
+            req,
+            &["image", "path", "region", "zoom"],
+            st.cfg.max_body_bytes,
+        )
+        .await?;
         let agent = st
             .orch
             .tools()
@@ -331,7 +343,10 @@ async fn ocr(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
         }
         if let Some(z) = form.get("zoom") {
             let z = z.trim();
-            let v = z.parse::<f64>().map(|n| json!(n)).unwrap_or_else(|_| json!(z));
+            let v = z
+                .parse::<f64>()
+                .map(|n| json!(n))
+                .unwrap_or_else(|_| json!(z));
             args.insert("zoom".into(), v);
         }
         run_agent(st, &mut form, agent, serde_json::Value::Object(args)).await
@@ -342,7 +357,12 @@ async fn ocr(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
 async fn detect(Shared(st): Shared<Arc<State>>, req: Request) -> Response {
     counted(&st.clone(), "detect", async move {
         check_running(&st)?;
-        let mut form = Form::read(req, &["image", "path", "objects", "region"], st.cfg.max_body_bytes).await?;
+        let mut form = Form::read(
+            req,
+            &["image", "path", "objects", "region"],
+            st.cfg.max_body_bytes,
+        )
+        .await?;
         let agent = st
             .orch
             .tools()

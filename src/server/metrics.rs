@@ -83,7 +83,10 @@ impl Metrics {
             Ok(c) => c,
             Err(p) => p.into_inner(),
         };
-        let _ = writeln!(o, "# HELP p2g_requests_total Requests answered, by endpoint and HTTP status.");
+        let _ = writeln!(
+            o,
+            "# HELP p2g_requests_total Requests answered, by endpoint and HTTP status."
+        );
         let _ = writeln!(o, "# TYPE p2g_requests_total counter");
         for ((endpoint, status), n) in &c.requests {
             let _ = writeln!(
@@ -91,7 +94,10 @@ impl Metrics {
                 "p2g_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
             );
         }
-        let _ = writeln!(o, "# HELP p2g_request_seconds Time from admission to response.");
+        let _ = writeln!(
+            o,
+            "# HELP p2g_request_seconds Time from admission to response."
+        );
         let _ = writeln!(o, "# TYPE p2g_request_seconds histogram");
         for (endpoint, h) in &c.latency {
             for (b, n) in BUCKETS.iter().zip(h.counts.iter()) {
@@ -105,15 +111,26 @@ impl Metrics {
                 "p2g_request_seconds_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(o, "p2g_request_seconds_sum{{endpoint=\"{endpoint}\"}} {}", h.sum);
-            let _ = writeln!(o, "p2g_request_seconds_count{{endpoint=\"{endpoint}\"}} {}", h.count);
+            let _ = writeln!(
+                o,
+                "p2g_request_seconds_sum{{endpoint=\"{endpoint}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                o,
+                "p2g_request_seconds_count{{endpoint=\"{endpoint}\"}} {}",
+                h.count
+            );
         }
         let _ = writeln!(o, "# HELP p2g_agent_calls_total Agent calls, by agent.");
         let _ = writeln!(o, "# TYPE p2g_agent_calls_total counter");
         for (agent, (n, _)) in &c.agents {
             let _ = writeln!(o, "p2g_agent_calls_total{{agent=\"{agent}\"}} {n}");
         }
-        let _ = writeln!(o, "# HELP p2g_agent_seconds_total Time spent in agent calls, by agent.");
+        let _ = writeln!(
+            o,
+            "# HELP p2g_agent_seconds_total Time spent in agent calls, by agent."
+        );
         let _ = writeln!(o, "# TYPE p2g_agent_seconds_total counter");
         for (agent, (_, s)) in &c.agents {
             let _ = writeln!(o, "p2g_agent_seconds_total{{agent=\"{agent}\"}} {s}");
@@ -137,7 +154,10 @@ impl Metrics {
             self.running.load(Ordering::Relaxed),
         );
         gauge(&mut o, "p2g_sessions", "Sessions held.", sessions);
-        let _ = writeln!(o, "# HELP p2g_model_load_seconds Time to load each model at start-up.");
+        let _ = writeln!(
+            o,
+            "# HELP p2g_model_load_seconds Time to load each model at start-up."
+        );
         let _ = writeln!(o, "# TYPE p2g_model_load_seconds gauge");
         if let Ok(l) = self.loads.lock() {
             for (model, s) in l.iter() {

@@ -12,7 +12,9 @@ use std::path::{Component, Path, PathBuf};
 /// Why a path was refused. The messages never name anything outside the allowed folder.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
-    #[error("reading images by path is off; start the server with --allow-dir DIR, or upload the image")]
+    #[error(
+        "reading images by path is off; start the server with --allow-dir DIR, or upload the image"
+    )]
     Disabled,
     #[error("the path must be relative to the server's --allow-dir folder (got an absolute path)")]
     Absolute,
@@ -160,11 +162,20 @@ mod tests {
             Err(PathError::Absolute)
         ));
         assert!(matches!(dir.read("../x", 100), Err(PathError::Parent)));
-        assert!(matches!(dir.read("sub/../../x", 100), Err(PathError::Parent)));
+        assert!(matches!(
+            dir.read("sub/../../x", 100),
+            Err(PathError::Parent)
+        ));
         assert!(matches!(dir.read("", 100), Err(PathError::Empty)));
-        assert!(matches!(dir.read("nope.png", 100), Err(PathError::NotFound(_))));
+        assert!(matches!(
+            dir.read("nope.png", 100),
+            Err(PathError::NotFound(_))
+        ));
         assert!(matches!(dir.read("sub", 100), Err(PathError::NotAFile(_))));
-        assert!(matches!(dir.read("in.png", 3), Err(PathError::TooLarge { .. })));
+        assert!(matches!(
+            dir.read("in.png", 3),
+            Err(PathError::TooLarge { .. })
+        ));
         // A link inside the folder that points out of it is refused, and so is one to the
         // folder's parent; one that stays inside is followed.
         #[cfg(unix)]

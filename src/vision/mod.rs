@@ -56,7 +56,9 @@ pub enum VisionError {
         pixels: u64,
         limit: u64,
     },
-    #[error("{what} has no pixels ({width}x{height}): its header declares an empty or invalid size")]
+    #[error(
+        "{what} has no pixels ({width}x{height}): its header declares an empty or invalid size"
+    )]
     Empty {
         what: String,
         width: u32,

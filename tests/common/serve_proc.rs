@@ -80,7 +80,10 @@ impl Server {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no exit after SIGTERM");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -92,4 +95,3 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
-

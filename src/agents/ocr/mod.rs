@@ -148,8 +148,18 @@ impl OcrOptions {
         within("max_tiles", self.max_tiles as f64, 1.0, 1024.0)?;
         within("zoom_text_height", self.zoom_text_height.into(), 8.0, 512.0)?;
         within("zoom_max_scale", self.zoom_max_scale.into(), 1.0, 16.0)?;
-        within("zoom_auto_max_scale", self.zoom_auto_max_scale.into(), 1.0, 16.0)?;
-        within("zoom_default_scale", self.zoom_default_scale.into(), 1.0, 16.0)?;
+        within(
+            "zoom_auto_max_scale",
+            self.zoom_auto_max_scale.into(),
+            1.0,
+            16.0,
+        )?;
+        within(
+            "zoom_default_scale",
+            self.zoom_default_scale.into(),
+            1.0,
+            16.0,
+        )?;
         within("zoom_max_pixels", self.zoom_max_pixels as f64, 1e4, 1e8)?;
         within("max_leads", self.max_leads as f64, 0.0, 10_000.0)?;
         if self.tile_overlap * 2 >= self.tile_size {
