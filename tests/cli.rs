@@ -162,7 +162,10 @@ fn a_bad_image_among_good_ones_keeps_order_and_fails_the_run() {
         .collect();
     assert_eq!(lines.len(), 3);
     assert!(lines[0]["lines"].is_array());
-    assert!(lines[1]["error"].as_str().unwrap().contains("not an image"));
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("is empty (0 bytes)"));
     assert!(lines[2]["lines"].is_array());
 }
 

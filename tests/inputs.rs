@@ -68,7 +68,7 @@ fn bad_files_get_clear_errors() {
     ));
     assert!(matches!(
         open_err("empty.png", &d),
-        VisionError::UnknownFormat { .. }
+        VisionError::EmptyFile { .. }
     ));
     assert!(matches!(
         open_err("missing.png", &d),
