@@ -55,6 +55,17 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// `s` on one line (runs of whitespace made one space), at most `max` characters, an ellipsis
+/// marking a cut: how errors quote text they do not control (model output, a server's body, a
+/// parser's message quoting a megabyte-long line).
+pub fn one_line(s: &str, max: usize) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// The README's code examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -254,6 +254,13 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
     // The question every door asks: the loop runs one decision (what is tested is the input's
     // way in, not the answer).
     let ask_tail = ["--max-steps", "1", "--max-zooms", "0", "--no-prompt-cache"];
+    // `p2g ask IMAGE QUESTION EXTRA... <ask_tail>`.
+    let ask = |image: std::ffi::OsString, question: &str, extra: Vec<std::ffi::OsString>| {
+        let mut a = vec![os("ask"), image, os(question)];
+        a.extend(extra);
+        a.extend(ask_tail.iter().map(|s| os(s)));
+        a
+    };
     for case in &cases {
         let file = corpus().join(&case.file);
         assert!(file.is_file(), "{} is missing", file.display());
@@ -280,18 +287,15 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
                 ));
                 // The agents have read the image through the two doors above; here the
                 // question's own way in (decoding, the loop) is what is tested.
-                let mut a = vec![os("ask"), f, os("What does it say?"), os("--no-agents")];
-                a.extend(ask_tail.iter().map(|s| os(s)));
+                let a = ask(f, "What does it say?", vec![os("--no-agents")]);
                 doors.push(("ask", a, vec![], vec![], img_bound + 1536));
             }
             "question" => {
-                let mut a = vec![
-                    os("ask"),
+                let a = ask(
                     header.clone().into_os_string(),
-                    os("-"),
-                    os("--no-agents"),
-                ];
-                a.extend(ask_tail.iter().map(|s| os(s)));
+                    "-",
+                    vec![os("--no-agents")],
+                );
                 doors.push(("ask", a, vec![], text.clone(), 3072));
             }
             "region" => {
@@ -303,13 +307,11 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
                     vec![],
                     1536,
                 ));
-                let mut a = vec![
-                    os("ask"),
+                let a = ask(
                     header.clone().into_os_string(),
-                    os("What does it say?"),
-                    os(&region),
-                ];
-                a.extend(ask_tail.iter().map(|s| os(s)));
+                    "What does it say?",
+                    vec![os(&region)],
+                );
                 doors.push(("ask", a, vec![], vec![], 3072));
             }
             "controller_output" => {
@@ -350,12 +352,7 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
                     vec![],
                     1536,
                 ));
-                let mut a = vec![
-                    os("ask"),
-                    header.clone().into_os_string(),
-                    os("What does it say?"),
-                ];
-                a.extend(ask_tail.iter().map(|s| os(s)));
+                let a = ask(header.clone().into_os_string(), "What does it say?", vec![]);
                 doors.push(("ask", a, vec![("P2G_AGENTS_DIR", dir)], vec![], 3072));
             }
             "prompt" => {
@@ -363,15 +360,8 @@ fn every_hostile_input_gets_a_clear_error_or_a_correct_result_through_every_door
                 std::fs::create_dir_all(&dir).unwrap();
                 let name = case.replaces.clone().unwrap_or_else(|| "system.md".into());
                 std::fs::write(dir.join(&name), &text).unwrap();
-                let mut a = vec![
-                    os("ask"),
-                    header.clone().into_os_string(),
-                    os("What does it say?"),
-                    os("--prompts"),
-                    dir.into_os_string(),
-                    os("--no-agents"),
-                ];
-                a.extend(ask_tail.iter().map(|s| os(s)));
+                let extra = vec![os("--prompts"), dir.into_os_string(), os("--no-agents")];
+                let a = ask(header.clone().into_os_string(), "What does it say?", extra);
                 doors.push(("ask", a, vec![], vec![], 3072));
             }
             other => panic!("{}: unknown kind {other}", case.file),

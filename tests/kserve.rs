@@ -17,17 +17,7 @@ use p2g::vision::{Image, LoadOptions};
 
 fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let script = common::root().join("tests/servers/setup_mlserver.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs the MLServer set-up");
-        assert!(out.status.success(), "{} failed", script.display());
-        let text = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(text.lines().last().unwrap_or_default().trim())
-    })
+    PY.get_or_init(|| common::setup_python("setup_mlserver.sh", "MLServer"))
 }
 
 /// MLServer serving the OCR bundle's ONNX files; killed on drop.

@@ -174,15 +174,12 @@ impl AgentManifest {
     }
 }
 
-/// A parser's message on one line and at most 300 characters (TOML errors quote the offending
-/// line, which may be megabytes long).
+/// A TOML parser's message on one line and at most 300 characters (it quotes the offending
+/// line, which may be megabytes long), saying what its terse recursion error means.
 fn clip(s: &str) -> String {
-    let mut one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one = crate::one_line(s, 300);
     if one.contains("recursion") {
-        one.push_str(" (the TOML is nested too deeply)");
-    }
-    if one.chars().count() > 300 {
-        format!("{}…", one.chars().take(300).collect::<String>())
+        format!("{one} (the TOML is nested too deeply)")
     } else {
         one
     }

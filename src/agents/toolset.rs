@@ -58,19 +58,6 @@ impl ToolSet {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The agent named `name`, offered or not.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynAgent>> {
-        self.by_name.get(name).map(|&i| &self.entries[i].agent)
-    }
-
     /// The agent `caller` may call by `name`, or the outcome that reports it does not exist
     /// (listing what the caller could have called).
     pub fn resolve(&self, name: &str, caller: Caller) -> Result<&Arc<dyn DynAgent>, CallOutcome> {

@@ -218,8 +218,7 @@ fn server_message(body: &str) -> String {
         },
         None => body.to_string(),
     };
-    let one: String = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-    one.chars().take(400).collect()
+    crate::one_line(&msg, 400)
 }
 
 fn unreachable_msg(url: &str, e: &ureq::Error) -> String {

@@ -62,7 +62,7 @@ pub enum OrchestratorError {
     #[error(
         "the controller gave an unusable answer twice ({}); its last output was {:?}. \
          Try rephrasing the question or a larger controller (--controller)",
-        clip(.reason, 300), clip(.output, 200)
+        crate::one_line(.reason, 300), crate::one_line(.output, 200)
     )]
     Unusable { output: String, reason: String },
     #[error(
@@ -93,17 +93,6 @@ pub enum OrchestratorError {
          must be)"
     )]
     BadRegion(f32, f32, f32, f32, u32, u32),
-}
-
-/// At most `n` characters of `s` on one line (an error quotes model output, which may be
-/// megabytes).
-fn clip(s: &str, n: usize) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one.chars().count() > n {
-        format!("{}…", one.chars().take(n).collect::<String>())
-    } else {
-        one
-    }
 }
 
 /// What earlier questions of a session leave in the controller's view.
@@ -701,7 +690,7 @@ impl<'o> Session<'o> {
                     ..
                 } if *status != crate::agents::CallStatus::Ok => Some(format!(
                     "; its last call failed ({agent}: {})",
-                    clip(summary, 200)
+                    crate::one_line(summary, 200)
                 )),
                 _ => None,
             })
@@ -729,7 +718,7 @@ impl<'o> Session<'o> {
         Conversation {
             image: self.facts.clone(),
             turns: self.visible_turns(current),
-            tools: self.orch.offered().map(|a| a.definition()).collect(),
+            tools: self.orch.tools.definitions(),
             regions,
             narrowed,
             document,
@@ -760,7 +749,7 @@ impl<'o> Session<'o> {
                 // did not stop (or a server that sent junk), repaired like any other output.
                 Decision::Answer { text, .. } if text.chars().count() > MAX_ANSWER_CHARS => {
                     Err(ControllerError::Malformed {
-                        output: clip(text, 200),
+                        output: crate::one_line(text, 200),
                         reason: format!(
                             "the answer is {} characters long; answer in at most \
                              {MAX_ANSWER_CHARS}",

@@ -15,24 +15,10 @@ use p2g::models::{ModelSource, Store};
 pub fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let script = super::root().join("tests/servers/setup_llama_server.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs the llama.cpp server set-up");
-        assert!(
-            out.status.success(),
-            "{} failed: the llama.cpp server (llama-cpp-python[server]) could not be installed",
-            script.display()
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or_default().trim().to_string();
-        assert!(
-            Path::new(&line).is_file(),
-            "the set-up printed no python: {text:?}"
-        );
-        PathBuf::from(line)
+        super::setup_python(
+            "setup_llama_server.sh",
+            "the llama.cpp server (llama-cpp-python[server])",
+        )
     })
 }
 

@@ -26,6 +26,30 @@ pub fn eval_dir(sub: &str) -> PathBuf {
 }
 
 pub mod llama_server;
+
+/// Runs a `tests/servers/setup_*.sh` script (it installs a test peer into a venv in the p2g
+/// cache, once) and returns the venv's python, the last line it prints. `what` names the
+/// peer in a failure.
+pub fn setup_python(script: &str, what: &str) -> PathBuf {
+    let script = root().join("tests/servers").join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("bash runs the set-up script");
+    assert!(
+        out.status.success(),
+        "{} failed: {what} could not be installed",
+        script.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default().trim().to_string();
+    assert!(
+        Path::new(&line).is_file(),
+        "the set-up printed no python: {text:?}"
+    );
+    PathBuf::from(line)
+}
 pub mod serve_proc;
 
 /// The async runtime tests drive the loop on (two workers, as the CLI).

@@ -483,15 +483,7 @@ fn mentions_model(message: &str) -> bool {
 
 /// At most [`QUOTE`] characters of a body, on one line.
 fn quote(bytes: &[u8]) -> String {
-    one_line(&String::from_utf8_lossy(bytes))
-}
-
-fn one_line(s: &str) -> String {
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    match s.char_indices().nth(QUOTE) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
+    crate::one_line(&String::from_utf8_lossy(bytes), QUOTE)
 }
 
 fn bad_body(url: &str, e: &serde_json::Error, bytes: &[u8]) -> ApiError {
@@ -534,7 +526,7 @@ fn error_message(bytes: &[u8]) -> String {
     pick(&v["error"])
         .or_else(|| pick(&v["message"]))
         .or_else(|| pick(&v["detail"]))
-        .map(|m| one_line(&m))
+        .map(|m| crate::one_line(&m, QUOTE))
         .unwrap_or_else(|| quote(bytes))
 }
 
