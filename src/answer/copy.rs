@@ -33,6 +33,11 @@ pub trait CopyConstraint {
     fn complete(&self) -> Option<Vec<&[u8]>> {
         None
     }
+    /// The rest of the only copy that begins with `t`, where exactly one does (and is longer
+    /// or equal): the search then runs it in one pass instead of token by token.
+    fn only_completion(&self, _t: &[u8]) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// The spans of the evidence with a question's answer shape (JSON-escaped, as the answer
@@ -122,11 +127,43 @@ impl CopyConstraint for ShapedSpans {
     fn complete(&self) -> Option<Vec<&[u8]>> {
         Some(self.spans.iter().map(|(s, _)| s.as_slice()).collect())
     }
+
+    fn only_completion(&self, t: &[u8]) -> Option<&[u8]> {
+        let mut it = self.spans.iter().filter(|(s, _)| s.starts_with(t));
+        let (first, _) = it.next()?;
+        // The same text from other regions is the same copy.
+        if it.any(|(s, _)| s != first) {
+            return None;
+        }
+        Some(&first[t.len()..])
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_completion_needs_one_span_left() {
+        let spans = ShapedSpans {
+            spans: vec![
+                (b"BOOK TA".to_vec(), vec!["r1".into()]),
+                (
+                    b"BOOK TA -K SDN BHD".to_vec(),
+                    vec!["r1".into(), "r2".into()],
+                ),
+                (b"tan woon".to_vec(), vec!["r3".into()]),
+                (b"tan woon".to_vec(), vec!["r4".into()]),
+            ],
+            rank: Rank::Search,
+            shape: "company".into(),
+        };
+        assert_eq!(spans.only_completion(b"BOOK"), None);
+        assert_eq!(spans.only_completion(b"BOOK TA -"), Some(&b"K SDN BHD"[..]));
+        assert_eq!(spans.only_completion(b"tan"), Some(&b" woon"[..]));
+        assert_eq!(spans.only_completion(b"tan woon"), Some(&b""[..]));
+        assert_eq!(spans.only_completion(b"x"), None);
+    }
 
     #[test]
     fn evidence_is_escaped_as_the_answer_string_holds_it() {

@@ -72,19 +72,27 @@ pub fn copy_search(
         s.give_up_below(floor);
         s.force(id, first_lp);
         let head = lm.token_bytes(id).to_vec();
-        let copied = s.free_string(
-            limits.max_tokens.saturating_sub(1),
-            |so_far, piece, closes| {
-                let mut t = head.clone();
-                t.extend_from_slice(so_far);
-                t.extend_from_slice(piece);
-                source.allows(&t, closes)
-            },
-            |_| {},
-        );
-        s.give_up_below(f64::NEG_INFINITY);
-        let (rest, closed) = copied?;
-        let total = s.take_logprob();
+        let (rest, closed, total) = match jump_forward(s, source, &head)? {
+            Some((rest, lp)) => {
+                s.give_up_below(f64::NEG_INFINITY);
+                (rest, true, s.take_logprob() + lp)
+            }
+            None => {
+                let copied = s.free_string(
+                    limits.max_tokens.saturating_sub(1),
+                    |so_far, piece, closes| {
+                        let mut t = head.clone();
+                        t.extend_from_slice(so_far);
+                        t.extend_from_slice(piece);
+                        source.allows(&t, closes)
+                    },
+                    |_| {},
+                );
+                s.give_up_below(f64::NEG_INFINITY);
+                let (rest, closed) = copied?;
+                (rest, closed, s.take_logprob())
+            }
+        };
         tracing::debug!(
             copy = %format_args!("{}{rest}", String::from_utf8_lossy(&head)),
             closed,
@@ -116,6 +124,42 @@ pub fn copy_search(
     }
     let cited = source.regions_of(text.as_bytes());
     Ok(Some((text, closed, cited)))
+}
+
+/// Where only one copy begins with `head`, runs its rest and the closing quote in one
+/// forward pass (a token at a time, the rest of "BOOK TA -K (TAMAN DAYA) SDN BHD" took a
+/// decode step per token: ~30 ms each, against ~4 ms each in one pass). Returns the rest and
+/// its log-probability with the likeliest token that closes the string there, as the greedy
+/// search scores a copy; `None` where more than one copy is left or the split is not between
+/// whole characters.
+fn jump_forward(
+    s: &mut Session,
+    source: &dyn CopyConstraint,
+    head: &[u8],
+) -> Result<Option<(String, f64)>, LlmError> {
+    let Some(rest) = source.only_completion(head) else {
+        return Ok(None);
+    };
+    let (Ok(_), Ok(rest)) = (std::str::from_utf8(head), std::str::from_utf8(rest)) else {
+        return Ok(None);
+    };
+    let lm = s.model().clone();
+    let Some(quote) = lm.encode("\"")?.first().copied() else {
+        return Ok(None);
+    };
+    let ids = if rest.is_empty() {
+        Vec::new()
+    } else {
+        lm.encode(rest)?
+    };
+    let text = if ids.is_empty() { 0.0 } else { s.score(&ids)? };
+    let closers = lm.plain_tokens_starting_with(b'"');
+    let close = s
+        .next_logprobs(&closers)?
+        .into_iter()
+        .fold(f64::NEG_INFINITY, f64::max);
+    s.push_tokens(&[quote]);
+    Ok(Some((rest.to_string(), text + close)))
 }
 
 /// Copies the answer from a known list of copies: the one the model finds most likely as a

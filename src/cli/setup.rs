@@ -229,44 +229,60 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
              (a model behind a server)"
         );
     }
-    let controller: Arc<dyn Controller> = match (&args.controller_model, args.controller) {
-        // Its errors name the flag to fix; a context line would hide them (the binary prints
-        // the outermost message).
-        (_, ControllerArg::Openai) => Arc::new(remote(&args.remote, cfg.prompts)?),
-        (_, ControllerArg::Llava) => {
-            let (llm, mmproj) = match (&args.controller_model, &args.mmproj) {
-                (Some(l), Some(m)) => (l.clone(), m.clone()),
-                (None, None) => (
-                    source.file("llava", "model.gguf")?,
-                    source.file("llava", "mmproj.gguf")?,
-                ),
-                _ => anyhow::bail!(
-                    "--controller llava needs both --controller-model LLM.gguf and --mmproj \
-                     MMPROJ.gguf (or neither, to use the pair added with `p2g models add llava \
-                     DIR`; README, \"Vision-language models\")"
-                ),
-            };
-            let vision = p2g::controller::llava::VisionConfig { pool: args.pool };
-            Arc::new(
-                p2g::controller::llava::load(&llm, &mmproj, cfg, vision)
-                    .context("cannot load the controller model")?,
-            )
+    // The agents' models load on a second thread while the controller's does (two cores;
+    // the first answer of a one-shot `p2g ask` waits for both).
+    let agents = || -> Result<Vec<Arc<dyn p2g::agents::DynAgent>>> {
+        if args.no_agents {
+            return Ok(Vec::new());
         }
-        (Some(path), _) => {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "custom".into());
-            Arc::new(
-                EmbeddedController::from_file(path, &name, cfg)
-                    .context("cannot load the controller model")?,
-            )
-        }
-        (None, _) => Arc::new(
-            EmbeddedController::load(choice, &source, cfg)
-                .context("cannot load the controller model")?,
-        ),
+        load_available(&source, &store, args.models.session()).context("cannot load the agents")
     };
+    let (controller, agents) = std::thread::scope(|scope| -> Result<_> {
+        let agents = scope.spawn(agents);
+        let controller: Arc<dyn Controller> = match (&args.controller_model, args.controller) {
+            // Its errors name the flag to fix; a context line would hide them (the binary prints
+            // the outermost message).
+            (_, ControllerArg::Openai) => Arc::new(remote(&args.remote, cfg.prompts)?),
+            (_, ControllerArg::Llava) => {
+                let (llm, mmproj) = match (&args.controller_model, &args.mmproj) {
+                    (Some(l), Some(m)) => (l.clone(), m.clone()),
+                    (None, None) => (
+                        source.file("llava", "model.gguf")?,
+                        source.file("llava", "mmproj.gguf")?,
+                    ),
+                    _ => anyhow::bail!(
+                        "--controller llava needs both --controller-model LLM.gguf and --mmproj \
+                         MMPROJ.gguf (or neither, to use the pair added with `p2g models add llava \
+                         DIR`; README, \"Vision-language models\")"
+                    ),
+                };
+                let vision = p2g::controller::llava::VisionConfig { pool: args.pool };
+                Arc::new(
+                    p2g::controller::llava::load(&llm, &mmproj, cfg, vision)
+                        .context("cannot load the controller model")?,
+                )
+            }
+            (Some(path), _) => {
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "custom".into());
+                Arc::new(
+                    EmbeddedController::from_file(path, &name, cfg)
+                        .context("cannot load the controller model")?,
+                )
+            }
+            (None, _) => Arc::new(
+                EmbeddedController::load(choice, &source, cfg)
+                    .context("cannot load the controller model")?,
+            ),
+        };
+        let agents = agents
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the agents failed unexpectedly"))?;
+        Ok((controller, agents))
+    })?;
+    let agents = agents?;
     let mut b = Orchestrator::builder()
         .controller_arc(controller)
         .max_steps(args.max_steps)
@@ -282,23 +298,19 @@ pub fn build(args: &LoopArgs, default_history: History) -> Result<Orchestrator> 
             Some(HistoryArg::Evidence) => History::Evidence,
             None => default_history,
         });
-    if !args.no_agents {
-        for agent in load_available(&source, &store, args.models.session())
-            .context("cannot load the agents")?
-        {
-            // The detector and the colour agent run on the loop's own policies (the objects
-            // a question names, their colour); the embedded controller, offered the
-            // detector, calls it with made-up arguments where it should read
-            // (`--offer-detect` offers them anyway). The layout agent likewise: the loop
-            // asks it for the blocks a question about a document names.
-            let loop_only =
-                ["detect", "colour", "layout"].contains(&agent.name()) && !args.offer_detect;
-            b = if loop_only {
-                b.loop_agent_arc(agent)
-            } else {
-                b.agent_arc(agent)
-            };
-        }
+    for agent in agents {
+        // The detector and the colour agent run on the loop's own policies (the objects
+        // a question names, their colour); the embedded controller, offered the
+        // detector, calls it with made-up arguments where it should read
+        // (`--offer-detect` offers them anyway). The layout agent likewise: the loop
+        // asks it for the blocks a question about a document names.
+        let loop_only =
+            ["detect", "colour", "layout"].contains(&agent.name()) && !args.offer_detect;
+        b = if loop_only {
+            b.loop_agent_arc(agent)
+        } else {
+            b.agent_arc(agent)
+        };
     }
     Ok(b.build()?)
 }

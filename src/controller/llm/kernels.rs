@@ -255,6 +255,29 @@ where
     }
 }
 
+/// The kernel for a `rows x cols` GGUF weight matrix given as its file bytes (kept, not
+/// copied, for Q5_0/Q8_0), or `Err(bytes)` for formats left to candle.
+#[allow(clippy::type_complexity)]
+pub fn row_matrix_from_bytes(
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+) -> candle_core::Result<Result<Arc<dyn RowMatrix>, Vec<u8>>> {
+    let m: Option<Arc<dyn RowMatrix>> = match dtype {
+        GgmlDType::Q5_0 => QMatrix::new(QFormat::Q5_0, rows, cols, data).map(|m| Arc::new(m) as _),
+        GgmlDType::Q8_0 => QMatrix::new(QFormat::Q8_0, rows, cols, data).map(|m| Arc::new(m) as _),
+        GgmlDType::Q4K => KMatrix::<BlockQ4K>::new(rows, cols, &data).map(|m| Arc::new(m) as _),
+        GgmlDType::Q5K => KMatrix::<BlockQ5K>::new(rows, cols, &data).map(|m| Arc::new(m) as _),
+        GgmlDType::Q6K => KMatrix::<BlockQ6K>::new(rows, cols, &data).map(|m| Arc::new(m) as _),
+        _ => return Ok(Err(data)),
+    };
+    match m {
+        Some(m) => Ok(Ok(m)),
+        None => candle_core::bail!("a {dtype:?} matrix of {rows}x{cols} has the wrong size"),
+    }
+}
+
 /// The kernel for a GGUF weight matrix, or `None` for formats left to candle (f32, the rarer
 /// quantisations).
 pub fn row_matrix(t: &QTensor) -> candle_core::Result<Option<Arc<dyn RowMatrix>>> {

@@ -13,7 +13,7 @@
 //!   faster than the row-by-row quantised dot products; decode stays on the quantised kernels,
 //!   which read a quarter of the bytes per token.
 
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use candle_core::quantized::{
@@ -23,10 +23,20 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::kernels::{self, MatVec, RowMatrix};
 use super::ops::{CausalSoftmax, SiluMul};
+use super::qgemm::{self, PackedMatrix};
 use super::LlmError;
 
 /// Prefill chunks with at least this many rows go through the f32 GEMM path.
 pub const GEMM_MIN_ROWS: usize = 32;
+
+/// Products of at least this many rows take the packed 8-bit kernel where a weight has one:
+/// it reads each weight once per 8 tokens, where the decode kernel reads it once per token.
+pub const PACKED_MIN_ROWS: usize = 2;
+
+/// `P2G_INT8_PREFILL=0` keeps the f32 GEMM path (to compare the two in one build).
+fn int8_prefill_enabled() -> bool {
+    std::env::var("P2G_INT8_PREFILL").map_or(true, |v| v != "0")
+}
 
 /// The model families p2g can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +132,9 @@ impl Config {
 #[derive(Debug, Clone)]
 struct Linear {
     weight: Weight,
+    /// The same weights repacked for the 8-bit prefill kernel ([`qgemm`]), where the CPU runs
+    /// it and the format allows.
+    packed: Option<Arc<PackedMatrix>>,
     bias: Option<Tensor>,
 }
 
@@ -134,14 +147,57 @@ enum Weight {
 }
 
 impl Linear {
+    /// A layer's weight from its GGUF bytes (`rows x cols`), read once into the buffer its
+    /// kernel keeps: candle's reader copies each tensor twice more, a second of a first
+    /// answer for a 0.5B model. Where the CPU and the format allow, the weights are also
+    /// repacked for the 8-bit prefill kernel ([`qgemm`]).
+    fn from_bytes(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+        bias: Option<Tensor>,
+    ) -> Result<Self, candle_core::Error> {
+        let packed = match qgemm::Format::of(dtype) {
+            Some(format) if qgemm::available() && int8_prefill_enabled() => {
+                PackedMatrix::new(format, rows, cols, &data).map(Arc::new)
+            }
+            _ => None,
+        };
+        let weight = match kernels::row_matrix_from_bytes(dtype, rows, cols, data)? {
+            Ok(m) => Weight::Own(m),
+            Err(data) => {
+                let t = Arc::new(qtensor_from_ggml(
+                    dtype,
+                    &data,
+                    vec![rows, cols],
+                    &Device::Cpu,
+                )?);
+                Weight::Candle(t.clone(), QMatMul::from_arc(t)?)
+            }
+        };
+        Ok(Self {
+            weight,
+            packed,
+            bias,
+        })
+    }
+
+    /// A weight kept in candle's form (the output projection, which is not packed: only the
+    /// last token's logits are usually needed, and its 136M weights would cost 150 MB more).
     fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self, candle_core::Error> {
+        let packed = None;
         let weight = if let Some(m) = kernels::row_matrix(&weight)? {
             Weight::Own(m)
         } else {
             let weight = Arc::new(weight);
             Weight::Candle(weight.clone(), QMatMul::from_arc(weight)?)
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            packed,
+            bias,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, candle_core::Error> {
@@ -156,23 +212,66 @@ impl Linear {
             }
             flat.reshape(dims)
         };
-        let y = match &self.weight {
-            Weight::Candle(w, QMatMul::QTensor(_)) if rows >= GEMM_MIN_ROWS => {
+        let y = match (&self.weight, &self.packed) {
+            (_, Some(p)) if rows >= PACKED_MIN_ROWS => {
+                let flat = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = p.rows();
+                }
+                Tensor::from_vec(p.matmul(&flat, rows), dims, x.device())?
+            }
+            (Weight::Candle(w, QMatMul::QTensor(_)), _) if rows >= GEMM_MIN_ROWS => {
                 gemm(w.dequantize(x.device())?)?
             }
-            Weight::Candle(_, qmm) => qmm.forward(x)?,
-            Weight::Own(m) if rows >= GEMM_MIN_ROWS => gemm(Tensor::from_vec(
+            (Weight::Candle(_, qmm), _) => qmm.forward(x)?,
+            (Weight::Own(m), _) if rows >= GEMM_MIN_ROWS => gemm(Tensor::from_vec(
                 m.dequantize(),
                 (m.rows(), m.cols()),
                 x.device(),
             )?)?,
-            Weight::Own(m) => x.contiguous()?.apply_op1_no_bwd(&MatVec(m.as_ref()))?,
+            (Weight::Own(m), _) => x.contiguous()?.apply_op1_no_bwd(&MatVec(m.as_ref()))?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
+}
+
+/// A 2-D tensor's type, rows, columns and GGUF bytes, read straight from the file.
+fn raw_matrix<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    reader: &mut R,
+    name: &str,
+) -> Result<(GgmlDType, usize, usize, Vec<u8>), String> {
+    let info = ct
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| "not in the file".to_string())?;
+    let (rows, cols) = info.shape.dims2().map_err(|e| e.to_string())?;
+    let dtype = info.ggml_dtype;
+    let (block, size) = (dtype.block_size(), dtype.type_size());
+    if !cols.is_multiple_of(block) {
+        return Err(format!("{cols} columns are not whole blocks of {block}"));
+    }
+    let bytes = rows
+        .checked_mul(cols / block)
+        .and_then(|n| n.checked_mul(size))
+        .ok_or_else(|| "too large".to_string())?;
+    let start = ct.tensor_data_offset.saturating_add(info.offset);
+    let end = reader.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    if start.saturating_add(bytes as u64) > end {
+        return Err(format!(
+            "needs {bytes} bytes at offset {start}, the file is {end} bytes long"
+        ));
+    }
+    reader
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
+    let mut data = vec![0u8; bytes];
+    reader.read_exact(&mut data).map_err(|e| e.to_string())?;
+    Ok((dtype, rows, cols, data))
 }
 
 /// The token embedding, kept in its quantised form; rows are expanded on lookup.
@@ -373,39 +472,46 @@ impl Transformer {
         max_context: usize,
     ) -> Result<Self, LlmError> {
         let dev = Device::Cpu;
-        let mut get = |name: &str| -> Result<QTensor, LlmError> {
+        let get = |reader: &mut R, name: &str| -> Result<QTensor, LlmError> {
             ct.tensor(reader, name, &dev)
                 .map_err(|e| LlmError::BadModel(format!("tensor `{name}`: {e}")))
         };
-        let token_embd = get("token_embd.weight")?;
+        let matrix = |reader: &mut R, name: &str, bias: Option<Tensor>| {
+            let bad = |e: String| LlmError::BadModel(format!("tensor `{name}`: {e}"));
+            let (dtype, rows, cols, data) = raw_matrix(ct, reader, name).map_err(bad)?;
+            Linear::from_bytes(dtype, rows, cols, data, bias).map_err(|e| bad(e.to_string()))
+        };
+        let token_embd = get(reader, "token_embd.weight")?;
         let embed = Embedding::new(&token_embd)?;
         // Small models tie the output projection to the embedding.
-        let output = match get("output.weight") {
+        let output = match get(reader, "output.weight") {
             Ok(w) => w,
             Err(_) => token_embd,
         };
         let output = Linear::new(output, None)?;
-        let norm = get("output_norm.weight")?.dequantize(&dev)?;
+        let norm = get(reader, "output_norm.weight")?.dequantize(&dev)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
             let mut bias = |name: &str| -> Result<Option<Tensor>, LlmError> {
                 match cfg.arch {
-                    Arch::Qwen2 => Ok(Some(get(&format!("{p}.{name}.bias"))?.dequantize(&dev)?)),
+                    Arch::Qwen2 => Ok(Some(
+                        get(reader, &format!("{p}.{name}.bias"))?.dequantize(&dev)?,
+                    )),
                     Arch::Llama => Ok(None),
                 }
             };
             let (bq, bk, bv) = (bias("attn_q")?, bias("attn_k")?, bias("attn_v")?);
             layers.push(Layer {
-                attn_norm: get(&format!("{p}.attn_norm.weight"))?.dequantize(&dev)?,
-                wq: Linear::new(get(&format!("{p}.attn_q.weight"))?, bq)?,
-                wk: Linear::new(get(&format!("{p}.attn_k.weight"))?, bk)?,
-                wv: Linear::new(get(&format!("{p}.attn_v.weight"))?, bv)?,
-                wo: Linear::new(get(&format!("{p}.attn_output.weight"))?, None)?,
-                ffn_norm: get(&format!("{p}.ffn_norm.weight"))?.dequantize(&dev)?,
-                gate: Linear::new(get(&format!("{p}.ffn_gate.weight"))?, None)?,
-                up: Linear::new(get(&format!("{p}.ffn_up.weight"))?, None)?,
-                down: Linear::new(get(&format!("{p}.ffn_down.weight"))?, None)?,
+                attn_norm: get(reader, &format!("{p}.attn_norm.weight"))?.dequantize(&dev)?,
+                wq: matrix(reader, &format!("{p}.attn_q.weight"), bq)?,
+                wk: matrix(reader, &format!("{p}.attn_k.weight"), bk)?,
+                wv: matrix(reader, &format!("{p}.attn_v.weight"), bv)?,
+                wo: matrix(reader, &format!("{p}.attn_output.weight"), None)?,
+                ffn_norm: get(reader, &format!("{p}.ffn_norm.weight"))?.dequantize(&dev)?,
+                gate: matrix(reader, &format!("{p}.ffn_gate.weight"), None)?,
+                up: matrix(reader, &format!("{p}.ffn_up.weight"), None)?,
+                down: matrix(reader, &format!("{p}.ffn_down.weight"), None)?,
             });
         }
         let max_context = max_context.min(cfg.context_length).max(1);
