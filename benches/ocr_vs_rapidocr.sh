@@ -3,8 +3,31 @@
 # ONNX model files, same thresholds, same thread budget, on the SROIE receipts.
 #
 #   bash benches/ocr_vs_rapidocr.sh [N_IMAGES]      # default: all images
+#   MODE=one bash benches/ocr_vs_rapidocr.sh [N_IMAGES]
+#
+# MODE (default: per):
+#   per   one process per image per engine; wall time and peak RSS are per image.
+#   one   one process per engine over all images (`p2g ocr --json IMG...`,
+#         `rapidocr_run.py IMG...`), models loaded once; per-image in-process times
+#         from each engine's JSON, wall time and peak RSS once per process
+#         ($BENCH_OUT/process-<engine>.json). Image and model files are read once
+#         beforehand so both engines find them in the OS file cache.
+# IMAGES_DIR: benchmark the images in this folder (.jpg/.jpeg/.png, sorted by name;
+#   a relative path is taken from the current directory) instead of $SROIE_DIR/img.
+#   They are still scored against $SROIE_DIR/box: STEM.csv, or, when there is none,
+#   the stem minus its last _suffix (024_600dpi.jpg -> box/024.csv), with the
+#   predicted boxes scaled back to the size of $SROIE_DIR/img/024.*. Images with no
+#   ground truth are timed but not scored.
+#
+# Large scans (300 and 600 dpi upscales of three receipts; Pillow needed, see the
+# script's docstring), then one process per engine over them:
+#   /work/scratch/venv-pil/bin/python benches/make_large_scans.py \
+#       --src ../shared/eval/sroie-dev/img --ids 000,010,024 --out target/large-scans \
+#     && MODE=one IMAGES_DIR=target/large-scans bash benches/ocr_vs_rapidocr.sh
 #
 # Environment overrides (all optional):
+#   MODE           per | one (above)
+#   IMAGES_DIR     images to benchmark (above; default: $SROIE_DIR/img)
 #   SROIE_DIR      ground-truth folder (default: <repo>/../shared/eval/sroie-dev)
 #   BENCH_OUT      results folder      (default: <repo>/target/bench-ocr)
 #   THREADS        threads per engine  (default: 2)
@@ -13,8 +36,9 @@
 #                  and onnxruntime==1.32.0) instead of building a throwaway venv
 #
 # Outputs in $BENCH_OUT: p2g.jsonl, rapidocr.jsonl (one record per image:
-# predictions + elapsed_ms + wall_s + peak_kib), meta.json, report.md,
-# and logs/ with each run's stderr.
+# predictions + elapsed_ms + wall_s + peak_kib; in MODE=one wall_s/peak_kib are
+# null there and in process-p2g.json / process-rapidocr.json instead), meta.json,
+# report.md, and logs/ with each run's stderr.
 set -euo pipefail
 
 RAPIDOCR_VERSION=1.4.4
@@ -30,7 +54,14 @@ die() { echo "ocr_vs_rapidocr: error: $*" >&2; exit 1; }
 say() { echo "==> $*" >&2; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_PWD="$PWD"
 cd "$ROOT"
+
+MODE="${MODE:-per}"
+case "$MODE" in
+    per|one) ;;
+    *) die "MODE must be 'per' (one process per image per engine, the default) or 'one' (one process per engine over all images), got '$MODE'" ;;
+esac
 
 N_IMAGES="${1:-}"
 if [[ -n "$N_IMAGES" && ! "$N_IMAGES" =~ ^[1-9][0-9]*$ ]]; then
@@ -40,20 +71,33 @@ SROIE_DIR="${SROIE_DIR:-$ROOT/../shared/eval/sroie-dev}"
 BENCH_OUT="${BENCH_OUT:-$ROOT/target/bench-ocr}"
 THREADS="${THREADS:-2}"
 
-[[ -d "$SROIE_DIR/img" && -d "$SROIE_DIR/box" ]] || die "SROIE folder not found: $SROIE_DIR (expected img/ and box/)"
-SROIE_DIR="$(cd "$SROIE_DIR" && pwd)"
+if [[ -n "${IMAGES_DIR:-}" ]]; then
+    [[ "$IMAGES_DIR" == /* ]] || IMAGES_DIR="$CALLER_PWD/$IMAGES_DIR"
+    [[ -d "$IMAGES_DIR" ]] || die "IMAGES_DIR not found: $IMAGES_DIR"
+    IMAGES_DIR="$(cd "$IMAGES_DIR" && pwd)"
+    [[ -d "$SROIE_DIR/box" ]] || die "ground-truth folder not found: $SROIE_DIR/box (IMAGES_DIR is scored against \$SROIE_DIR/box; set SROIE_DIR)"
+    SROIE_DIR="$(cd "$SROIE_DIR" && pwd)"
+else
+    [[ -d "$SROIE_DIR/img" && -d "$SROIE_DIR/box" ]] || die "SROIE folder not found: $SROIE_DIR (expected img/ and box/)"
+    SROIE_DIR="$(cd "$SROIE_DIR" && pwd)"
+    IMAGES_DIR="$SROIE_DIR/img"
+fi
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is required for peak-RSS measurement (apt-get install time)"
 command -v python3 >/dev/null || die "python3 is required"
 [[ -n "${P2G_BIN:-}" ]] || command -v cargo >/dev/null || die "cargo is required"
 
 export OMP_NUM_THREADS="$THREADS"
 
-mapfile -t IMAGES < <(find "$SROIE_DIR/img" -maxdepth 1 -type f \( -name '*.jpg' -o -name '*.jpeg' -o -name '*.png' \) | LC_ALL=C sort)
-(( ${#IMAGES[@]} > 0 )) || die "no images in $SROIE_DIR/img"
+mapfile -t IMAGES < <(find "$IMAGES_DIR" -maxdepth 1 -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | LC_ALL=C sort)
+(( ${#IMAGES[@]} > 0 )) || die "no images (.jpg/.jpeg/.png) in $IMAGES_DIR"
 if [[ -n "$N_IMAGES" ]] && (( N_IMAGES < ${#IMAGES[@]} )); then
     IMAGES=("${IMAGES[@]:0:$N_IMAGES}")
 fi
-say "benchmarking ${#IMAGES[@]} image(s) from $SROIE_DIR/img with $THREADS thread(s) per engine"
+if [[ "$MODE" == per ]]; then
+    say "benchmarking ${#IMAGES[@]} image(s) from $IMAGES_DIR with $THREADS thread(s) per engine"
+else
+    say "benchmarking ${#IMAGES[@]} image(s) from $IMAGES_DIR with $THREADS thread(s) per engine, one process per engine (MODE=one)"
+fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/p2g-bench-ocr.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
@@ -102,10 +146,11 @@ read -r GOT_RAPID GOT_ORT <<<"$VERSIONS"
 
 # --- 3. run ------------------------------------------------------------------
 mkdir -p "$BENCH_OUT/logs"
-rm -f "$BENCH_OUT/p2g.jsonl" "$BENCH_OUT/rapidocr.jsonl" "$BENCH_OUT/report.md"
+rm -f "$BENCH_OUT/p2g.jsonl" "$BENCH_OUT/rapidocr.jsonl" "$BENCH_OUT/report.md" \
+    "$BENCH_OUT/process-p2g.json" "$BENCH_OUT/process-rapidocr.json"
 
 BENCH_P2G="$P2G" BENCH_RAPID="$GOT_RAPID" BENCH_ORT="$GOT_ORT" BENCH_PY="$PY" BENCH_MODELS="$MODELS" \
-BENCH_THREADS="$THREADS" BENCH_N="${#IMAGES[@]}" BENCH_IMGDIR="$SROIE_DIR/img" \
+BENCH_THREADS="$THREADS" BENCH_N="${#IMAGES[@]}" BENCH_IMGDIR="$IMAGES_DIR" BENCH_MODE="$MODE" \
 BENCH_THRESH="det_thresh $DET_THRESH, box_thresh $BOX_THRESH, unclip_ratio $UNCLIP_RATIO, text_score $TEXT_SCORE" \
 python3 - "$BENCH_OUT/meta.json" <<'EOF'
 import datetime, json, os, platform, subprocess, sys
@@ -137,6 +182,8 @@ json.dump({
     "threads": f"{E['BENCH_THREADS']} per engine (ORT intra-op {E['BENCH_THREADS']}, inter-op 1), OMP_NUM_THREADS={E.get('OMP_NUM_THREADS')}",
     "thresholds": E["BENCH_THRESH"],
     "images": f"{E['BENCH_N']} from {E['BENCH_IMGDIR']}",
+    **({"mode": "one process per engine over all images (models loaded once)"}
+       if E["BENCH_MODE"] == "one" else {}),
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 
@@ -154,18 +201,58 @@ run_one() {  # engine image -- command...
         --stdout "$TMP/stdout" --time "$TMP/time" --rc "$rc" --out "$BENCH_OUT/$engine.jsonl"
 }
 
-i=0
-for img in "${IMAGES[@]}"; do
-    i=$((i + 1))
-    say "[$i/${#IMAGES[@]}] $(basename "$img")"
+run_all() {  # engine -- command... (MODE=one: one process over all of IMAGES)
+    local engine="$1"; shift 2
+    local rc=0
+    rm -f "$TMP/time" "$TMP/stdout"
+    say "$engine: one process over ${#IMAGES[@]} image(s)"
+    /usr/bin/time -f '%e %M' -o "$TMP/time" "$@" >"$TMP/stdout" 2>"$BENCH_OUT/logs/$engine-all.stderr" || rc=$?
+    if (( rc != 0 )); then
+        echo "ocr_vs_rapidocr: warning: $engine exited with status $rc (an image failed, or the process died);" \
+            "see $BENCH_OUT/logs/$engine-all.stderr; last lines:" >&2
+        tail -n 5 "$BENCH_OUT/logs/$engine-all.stderr" | sed 's/^/    /' >&2
+    fi
+    python3 benches/report.py record-one --engine "$engine" \
+        --stdout "$TMP/stdout" --time "$TMP/time" --rc "$rc" \
+        --out "$BENCH_OUT/$engine.jsonl" --process "$BENCH_OUT/process-$engine.json" "${IMAGES[@]}"
+}
+
+if [[ "$MODE" == per ]]; then
+    i=0
+    for img in "${IMAGES[@]}"; do
+        i=$((i + 1))
+        say "[$i/${#IMAGES[@]}] $(basename "$img")"
+        # sequential, never in parallel: one engine at a time owns the CPUs
+        run_one p2g "$img" -- "$P2G" ocr --json --threads "$THREADS" "$img"
+        run_one rapidocr "$img" -- "$PY" benches/rapidocr_run.py --models "$MODELS" --threads "$THREADS" \
+            --det-thresh "$DET_THRESH" --box-thresh "$BOX_THRESH" \
+            --unclip-ratio "$UNCLIP_RATIO" --text-score "$TEXT_SCORE" "$img"
+    done
+else
+    # Warm the OS file cache so that neither engine pays disk reads the other does not:
+    # the images, the model files, p2g's pinned libonnxruntime (or P2G_ORT_DYLIB), and
+    # RapidOCR's python packages (its onnxruntime .so).
+    say "warming the file cache (images, models, both engines' ONNX Runtime)"
+    cat "${IMAGES[@]}" >/dev/null || die "cannot read the images"
+    cat "$MODELS"/* >/dev/null 2>&1 || true
+    ORT_DIR="$("$P2G" models path onnxruntime 2>/dev/null | tail -n 1)" || ORT_DIR=""
+    if [[ -n "$ORT_DIR" && -d "$ORT_DIR" ]]; then cat "$ORT_DIR"/* >/dev/null 2>&1 || true; fi
+    if [[ -n "${P2G_ORT_DYLIB:-}" ]]; then cat "$P2G_ORT_DYLIB" >/dev/null 2>&1 || true; fi
+    "$PY" -c 'import rapidocr_onnxruntime, onnxruntime' >/dev/null 2>&1 \
+        || die "'import rapidocr_onnxruntime, onnxruntime' fails in $PY"
     # sequential, never in parallel: one engine at a time owns the CPUs
-    run_one p2g "$img" -- "$P2G" ocr --json --threads "$THREADS" "$img"
-    run_one rapidocr "$img" -- "$PY" benches/rapidocr_run.py --models "$MODELS" --threads "$THREADS" \
+    run_all p2g -- "$P2G" ocr --json --threads "$THREADS" "${IMAGES[@]}"
+    run_all rapidocr -- "$PY" benches/rapidocr_run.py --models "$MODELS" --threads "$THREADS" \
         --det-thresh "$DET_THRESH" --box-thresh "$BOX_THRESH" \
-        --unclip-ratio "$UNCLIP_RATIO" --text-score "$TEXT_SCORE" "$img"
-done
+        --unclip-ratio "$UNCLIP_RATIO" --text-score "$TEXT_SCORE" "${IMAGES[@]}"
+fi
 
 # --- 4. report -----------------------------------------------------------------
 say "report ($BENCH_OUT/report.md)"
-python3 benches/report.py table --gt "$SROIE_DIR" --results "$BENCH_OUT" --meta "$BENCH_OUT/meta.json"
-say "raw results: $BENCH_OUT/p2g.jsonl $BENCH_OUT/rapidocr.jsonl"
+if [[ "$MODE" == per ]]; then
+    python3 benches/report.py table --gt "$SROIE_DIR" --results "$BENCH_OUT" --meta "$BENCH_OUT/meta.json"
+    say "raw results: $BENCH_OUT/p2g.jsonl $BENCH_OUT/rapidocr.jsonl"
+else
+    python3 benches/report.py table-one --gt "$SROIE_DIR" --results "$BENCH_OUT" --meta "$BENCH_OUT/meta.json"
+    say "raw results: $BENCH_OUT/p2g.jsonl $BENCH_OUT/rapidocr.jsonl $BENCH_OUT/process-p2g.json $BENCH_OUT/process-rapidocr.json"
+fi

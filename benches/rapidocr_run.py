@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Run RapidOCR (rapidocr_onnxruntime 1.4.4) on ONE image with the PP-OCRv5
-ONNX models that p2g uses, and print one JSON line:
+"""Run RapidOCR (rapidocr_onnxruntime 1.4.4) on one or more images with the
+PP-OCRv5 ONNX models that p2g uses, and print one JSON line per image, in
+argument order:
 
   {"image": PATH, "width": W, "height": H, "elapsed_ms": T,
    "lines": [{"text": .., "confidence": .., "bbox": [x1,y1,x2,y2],
               "quad": [[x,y],[x,y],[x,y],[x,y]]}, ...]}
 
-One image per process, so the peak RSS measured around this process is the
-peak for that image. elapsed_ms covers only the `engine(image_path)` call
+An image that fails prints {"image": PATH, "error": MESSAGE} in its place (and
+the error on stderr); the others still run, and the exit status is 1.
+
+The models are loaded once for all images. With one image per process (how
+ocr_vs_rapidocr.sh runs it by default) the peak RSS measured around this
+process is the peak for that image; with several (MODE=one) it is the peak
+over all of them. elapsed_ms covers only the `engine(image_path)` call
 (image decode + det + cls + rec + post-processing), after the models are
 loaded; there is no warm-up run.
 
@@ -44,6 +50,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 N_CLASSES = 18385  # rec model output width (PP-OCRv5 mobile rec)
@@ -69,7 +76,7 @@ def derive_keys(src: Path, out_dir: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("image")
+    ap.add_argument("images", nargs="+", metavar="IMAGE")
     ap.add_argument("--models", required=True, help="folder with ppocrv5_{det,rec,cls}.onnx and ppocr_keys_v5.txt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--det-thresh", type=float, default=0.3)
@@ -82,8 +89,8 @@ def main() -> int:
     for name in ("ppocrv5_det.onnx", "ppocrv5_rec.onnx", "ppocrv5_cls.onnx", "ppocr_keys_v5.txt"):
         if not (models / name).is_file():
             sys.exit(f"rapidocr_run: missing {models / name}")
-    if not Path(args.image).is_file():
-        sys.exit(f"rapidocr_run: no such image {args.image}")
+    if len(args.images) == 1 and not Path(args.images[0]).is_file():
+        sys.exit(f"rapidocr_run: no such image {args.images[0]}")
 
     from PIL import Image  # RapidOCR itself decodes with PIL
     from rapidocr_onnxruntime import RapidOCR
@@ -118,11 +125,28 @@ def main() -> int:
             assert opts.intra_op_num_threads == args.threads, opts.intra_op_num_threads
             assert opts.inter_op_num_threads == 1, opts.inter_op_num_threads
 
-    with Image.open(args.image) as im:  # header only, no decode
+    failures = 0
+    for path in args.images:
+        try:
+            out = read_one(engine, path, Image)
+        except Exception as e:  # noqa: BLE001 -- report it and go on with the next image
+            failures += 1
+            print(f"rapidocr_run: error: {path}: {e}", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            out = {"image": path, "error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    return 1 if failures else 0
+
+
+def read_one(engine, path, Image):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such image {path}")
+    with Image.open(path) as im:  # header only, no decode
         width, height = im.size
 
     t0 = time.perf_counter()
-    result, _elapse = engine(args.image)
+    result, _elapse = engine(path)
     elapsed_ms = (time.perf_counter() - t0) * 1000.0
 
     lines = []
@@ -138,15 +162,13 @@ def main() -> int:
                 "quad": quad,
             }
         )
-    out = {
-        "image": args.image,
+    return {
+        "image": path,
         "width": width,
         "height": height,
         "elapsed_ms": round(elapsed_ms, 3),
         "lines": lines,
     }
-    sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ The "image" field may be absent; then --images (names in the same order as
 the JSONL lines, or one file listing them one per line) gives the names.
 Ground truth for image NNN.jpg is GT/box/NNN.csv with rows
   x1,y1,x2,y2,x3,y3,x4,y4,transcript   (transcript = everything after the 8th comma)
+If GT/box/STEM.csv does not exist, a suffix after the last underscore of the
+image's stem is dropped: NNN_600dpi.png is scored against GT/box/NNN.csv.
+When a record's "width"/"height" differ from the size of the ground truth's own
+image (GT/img/NNN.*, e.g. an upscaled scan from benches/make_large_scans.py),
+the predicted boxes are scaled back to that image's pixels before scoring
+(the CER matches lines by position).
 
 Metrics:
 * word F1: both sides upper-cased, tokens = whitespace split of every line,
@@ -27,6 +33,7 @@ Metrics:
 
 import argparse
 import json
+import struct
 import sys
 from collections import Counter
 from pathlib import Path
@@ -65,6 +72,109 @@ def load_gt(path):
 
 def gt_path_for(gt_dir, image_name):
     return Path(gt_dir) / "box" / (Path(image_name).stem + ".csv")
+
+
+def find_gt(gt_dir, image_name):
+    """The ground-truth csv for an image, or None: box/STEM.csv, else (when the stem
+    has an underscore) box/STEM-without-its-last-_suffix.csv, so 024_600dpi.jpg
+    is scored against box/024.csv."""
+    p = gt_path_for(gt_dir, image_name)
+    if p.is_file():
+        return p
+    stem = Path(image_name).stem
+    if "_" in stem:
+        p = Path(gt_dir) / "box" / (stem.rsplit("_", 1)[0] + ".csv")
+        if p.is_file():
+            return p
+    return None
+
+
+# ------------------------------------------------------------- image geometry
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(path):
+    """(width, height) from a PNG or JPEG header (stdlib only), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                return struct.unpack(">II", head[16:24])
+            if head[:2] != b"\xff\xd8":
+                return None
+            f.seek(2)
+            while True:
+                b = f.read(1)
+                if not b:
+                    return None
+                if b != b"\xff":
+                    continue
+                m = f.read(1)
+                while m == b"\xff":  # fill bytes
+                    m = f.read(1)
+                if not m:
+                    return None
+                m = m[0]
+                if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
+                    continue
+                if m in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                    return None
+                seg = f.read(2)
+                if len(seg) < 2:
+                    return None
+                (n,) = struct.unpack(">H", seg)
+                if m in _JPEG_SOF:
+                    data = f.read(5)
+                    if len(data) < 5:
+                        return None
+                    h, w = struct.unpack(">HH", data[1:5])
+                    return w, h
+                f.seek(n - 2, 1)  # APPn (EXIF thumbnails included), DQT, DHT, ...: skip
+    except OSError:
+        return None
+
+
+def gt_image_size(gt_dir, gt_path):
+    """Size of the image the ground truth was drawn on (GT/img/STEM.*), or None."""
+    img = Path(gt_dir) / "img"
+    for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
+        p = img / (Path(gt_path).stem + ext)
+        if p.is_file():
+            return image_size(p)
+    return None
+
+
+def _scale_line(line, sx, sy):
+    out = dict(line)
+    b = line.get("bbox")
+    if b and len(b) == 4:
+        out["bbox"] = [float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy]
+    q = line.get("quad")
+    if q:
+        out["quad"] = [[float(p[0]) * sx, float(p[1]) * sy] for p in q]
+    return out
+
+
+def lines_in_gt_pixels(gt_dir, gt_path, rec):
+    """The record's predicted lines in the pixels of the ground truth's image.
+
+    Returns (lines, note): note is "" when the record's width/height equal that
+    image's size (or either is unknown) and the lines are returned as they are;
+    "x0.500" (the factor applied) when they were scaled back; or a warning when the
+    aspect ratios differ by more than 2% (then nothing is scaled)."""
+    lines = rec.get("lines") or []
+    w, h = rec.get("width"), rec.get("height")
+    if not (isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0):
+        return lines, ""
+    size = gt_image_size(gt_dir, gt_path)
+    if not size or (int(w), int(h)) == tuple(size):
+        return lines, ""
+    sx, sy = size[0] / w, size[1] / h
+    if abs(sx / sy - 1.0) > 0.02:
+        return lines, f"size {int(w)}x{int(h)} is not a rescale of the GT image's {size[0]}x{size[1]}; boxes not scaled"
+    return [_scale_line(l, sx, sy) for l in lines], f"x{(sx + sy) / 2:.3f}"
 
 
 # ------------------------------------------------------------------ predictions
@@ -201,10 +311,11 @@ def score_file(gt_dir, jsonl_path, images=None):
     """Return ([(image_name, per-image dict incl. precision/recall/f1/cer)], overall dict)."""
     per = []
     for name, rec in load_predictions(jsonl_path, images):
-        gp = gt_path_for(gt_dir, name)
-        if not gp.is_file():
-            sys.exit(f"score: no ground truth {gp} for image {name}")
-        s = score_image(load_gt(gp), rec.get("lines") or [])
+        gp = find_gt(gt_dir, name)
+        if gp is None:
+            sys.exit(f"score: no ground truth {gt_path_for(gt_dir, name)} for image {name}")
+        lines, _note = lines_in_gt_pixels(gt_dir, gp, rec)
+        s = score_image(load_gt(gp), lines)
         p, r, f = prf(s["tp"], s["n_pred"], s["n_gt"])
         s.update(precision=p, recall=r, f1=f, cer=(s["edits"] / s["gt_chars"] if s["gt_chars"] else 0.0))
         per.append((name, s))
