@@ -49,6 +49,8 @@ impl QFormat {
 /// The best instruction set this CPU has for the kernels, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Isa {
+    /// AVX-512 with VNNI: `vpdpbusd` does `maddubs` + `madd` in one instruction.
+    Avx512Vnni,
     Avx512,
     Avx2,
     Scalar,
@@ -62,6 +64,9 @@ pub(super) fn isa() -> Isa {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c");
             if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") {
+                if has!("avx512vnni") {
+                    return Isa::Avx512Vnni;
+                }
                 return Isa::Avx512;
             }
             if avx2 {
@@ -315,6 +320,8 @@ fn dot(format: QFormat, isa: Isa, row: &[u8], x: &QuantRow) -> f32 {
     // inside `row` (whole blocks, checked in `QMatrix::new`) and `x` has one block per block.
     unsafe {
         match (format, isa) {
+            (QFormat::Q5_0, Isa::Avx512Vnni) => return x86::q5_avx512_vnni(row, x),
+            (QFormat::Q8_0, Isa::Avx512Vnni) => return x86::q8_avx512_vnni(row, x),
             (QFormat::Q5_0, Isa::Avx512) => return x86::q5_avx512(row, x),
             (QFormat::Q5_0, Isa::Avx2) => return x86::q5_avx2(row, &x.q, &x.d),
             (QFormat::Q8_0, Isa::Avx512) => return x86::q8_avx512(row, x),
@@ -492,6 +499,94 @@ mod x86 {
         sum
     }
 
+    /// [`q5_avx512`] with VNNI: one `vpdpbusd` per two blocks (unsigned weights, signed
+    /// activations) where `maddubs` + `madd` took two instructions.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q5_avx512_vnni(row: &[u8], x: &QuantRow) -> f32 {
+        let nb = row.len() / Q5;
+        let (xq, xd, corr) = (&x.q, &x.d, &x.corr);
+        let mut acc = _mm512_setzero_ps();
+        let mut offset = 0f32;
+        let low = _mm256_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
+        let zero = _mm512_setzero_si512();
+        let mut b = 0;
+        while b + 1 < nb {
+            let p0 = row.as_ptr().add(b * Q5);
+            let p1 = p0.add(Q5);
+            let (d0, d1) = (scale(p0), scale(p1));
+            let qh0 = (p0.add(2) as *const u32).read_unaligned() as u64;
+            let qh1 = (p1.add(2) as *const u32).read_unaligned() as u64;
+            let qs = _mm256_set_m128i(
+                _mm_loadu_si128(p1.add(6) as *const __m128i),
+                _mm_loadu_si128(p0.add(6) as *const __m128i),
+            );
+            let lo = _mm256_and_si256(qs, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low);
+            let nib = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
+                _mm256_permute2x128_si256(lo, hi, 0x31),
+                1,
+            );
+            let qx = _mm512_mask_add_epi8(nib, qh0 | (qh1 << 32), nib, sixteen);
+            let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
+            let dot = _mm512_dpbusd_epi32(zero, qx, qy);
+            let s = _mm512_insertf32x8(
+                _mm512_castps256_ps512(_mm256_set1_ps(d0 * *xd.get_unchecked(b))),
+                _mm256_set1_ps(d1 * *xd.get_unchecked(b + 1)),
+                1,
+            );
+            acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
+            offset += d0 * *corr.get_unchecked(b) + d1 * *corr.get_unchecked(b + 1);
+            b += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(acc) - offset;
+        if b < nb {
+            sum += q5_avx2(&row[b * Q5..], &xq[b * QK..], &xd[b..]);
+        }
+        sum
+    }
+
+    /// [`q8_avx512`] with VNNI: the weights made unsigned (`w + 128`, a flipped sign bit)
+    /// feed one `vpdpbusd`; `128 * Σa` per block is taken off after (`x.corr` holds
+    /// `16 * Σa * scale`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q8_avx512_vnni(row: &[u8], x: &QuantRow) -> f32 {
+        let nb = row.len() / Q8;
+        let (xq, xd, corr) = (&x.q, &x.d, &x.corr);
+        let mut acc = _mm512_setzero_ps();
+        let mut offset = 0f32;
+        let flip = _mm512_set1_epi8(0x80u8 as i8);
+        let zero = _mm512_setzero_si512();
+        let mut b = 0;
+        while b + 1 < nb {
+            let p0 = row.as_ptr().add(b * Q8);
+            let p1 = p0.add(Q8);
+            let (d0, d1) = (scale(p0), scale(p1));
+            let qx = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
+                _mm256_loadu_si256(p1.add(2) as *const __m256i),
+                1,
+            );
+            let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
+            let dot = _mm512_dpbusd_epi32(zero, _mm512_xor_si512(qx, flip), qy);
+            let s = _mm512_insertf32x8(
+                _mm512_castps256_ps512(_mm256_set1_ps(d0 * *xd.get_unchecked(b))),
+                _mm256_set1_ps(d1 * *xd.get_unchecked(b + 1)),
+                1,
+            );
+            acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
+            offset += d0 * *corr.get_unchecked(b) + d1 * *corr.get_unchecked(b + 1);
+            b += 2;
+        }
+        // corr is 16·Σa·scale; the offset here is 128·Σa·scale per block.
+        let mut sum = _mm512_reduce_add_ps(acc) - 8.0 * offset;
+        if b < nb {
+            sum += q8_avx2(&row[b * Q8..], &xq[b * QK..], &xd[b..]);
+        }
+        sum
+    }
+
     /// Q8_0 with AVX2: the sign trick feeds `maddubs` (|w| is read unsigned, so even -128
     /// weights are exact).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -629,10 +724,15 @@ mod tests {
                     y[r]
                 );
                 let scalar = dot_scalar(format, m.row(r), &xr.q, &xr.d);
-                for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar] {
-                    if isa == Isa::Avx512 && super::isa() != Isa::Avx512
-                        || isa == Isa::Avx2 && super::isa() == Isa::Scalar
-                    {
+                let have = super::isa();
+                for isa in [Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2, Isa::Scalar] {
+                    let runs = match isa {
+                        Isa::Avx512Vnni => have == Isa::Avx512Vnni,
+                        Isa::Avx512 => matches!(have, Isa::Avx512 | Isa::Avx512Vnni),
+                        Isa::Avx2 => have != Isa::Scalar,
+                        Isa::Scalar => true,
+                    };
+                    if !runs {
                         continue;
                     }
                     let v = dot(format, isa, m.row(r), &xr);

@@ -95,7 +95,7 @@ fn softmax_row(row: &mut [f32], scale: f32) {
     match isa() {
         // SAFETY: `isa` detected these features on this CPU.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax_avx512(row, scale) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { softmax_avx512(row, scale) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { softmax_avx2(row, scale) },
         _ => softmax_generic(row, scale),
@@ -106,7 +106,7 @@ fn silu_mul(y: &mut [f32], u: &[f32]) {
     match isa() {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { silu_mul_avx512(y, u) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { silu_mul_avx512(y, u) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { silu_mul_avx2(y, u) },
         _ => silu_mul_generic(y, u),
