@@ -213,7 +213,8 @@ impl Linear {
             flat.reshape(dims)
         };
         let y = match (&self.weight, &self.packed) {
-            (_, Some(p)) if rows >= PACKED_MIN_ROWS => {
+            // (A width that does not match falls through to the paths that report it.)
+            (_, Some(p)) if rows >= PACKED_MIN_ROWS && k == p.cols() => {
                 let flat = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let mut dims = x.dims().to_vec();
                 if let Some(last) = dims.last_mut() {
