@@ -94,6 +94,28 @@ def parse_engine_stdout(text):
     raise ValueError("no JSON object in output")
 
 
+def fill_record(rec, out, err, wall_s, peak_kib, rc):
+    """Fills `rec` from an engine's output object; returns the error (a missing `lines`
+    list is one)."""
+    lines = out.get("lines")
+    if not isinstance(lines, list):
+        lines = []
+        if err is None:
+            err = "output has no 'lines' list"
+    rec.update(
+        width=out.get("width"),
+        height=out.get("height"),
+        elapsed_ms=out.get("elapsed_ms"),
+        wall_s=wall_s,
+        peak_kib=peak_kib,
+        rc=rc,
+        lines=lines,
+    )
+    if err:
+        rec["error"] = err
+    return err
+
+
 def cmd_record(a):
     wall_s, peak_kib = parse_time_file(a.time)
     rec = {"engine": a.engine, "image": a.image}
@@ -107,22 +129,7 @@ def cmd_record(a):
         err = f"engine error: {out['error']}"
     if a.rc != 0:
         err = f"exit status {a.rc}" + (f"; {err}" if err else "")
-    lines = out.get("lines")
-    if not isinstance(lines, list):
-        lines = []
-        if err is None:
-            err = "output has no 'lines' list"
-    rec.update(
-        width=out.get("width"),
-        height=out.get("height"),
-        elapsed_ms=out.get("elapsed_ms"),
-        wall_s=wall_s,
-        peak_kib=peak_kib,
-        rc=a.rc,
-        lines=lines,
-    )
-    if err:
-        rec["error"] = err
+    err = fill_record(rec, out, err, wall_s, peak_kib, a.rc)
     with open(a.out, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     status = "ok" if not err else f"ERROR ({err})"
@@ -179,29 +186,18 @@ def cmd_record_one(a):
             else:
                 err = (f"no output: the process exited with status {a.rc} "
                        f"after {len(objs)} of {n} image(s)")
-            lines = out.get("lines")
-            if err is not None or not isinstance(lines, list):
-                if err is None:
-                    err = "output has no 'lines' list"
-                lines = []
-            rec.update(
-                width=out.get("width"),
-                height=out.get("height"),
-                elapsed_ms=out.get("elapsed_ms"),
-                wall_s=None,
-                peak_kib=None,
-                rc=a.rc,
-                lines=lines,
-            )
-            if err:
-                rec["error"] = err
-            else:
+            # A failed image keeps no lines: its output is not paired with it.
+            if err is not None:
+                out = {k: v for k, v in out.items() if k != "lines"}
+                out["lines"] = []
+            err = fill_record(rec, out, err, None, None, a.rc)
+            if not err:
                 ok += 1
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             el = rec["elapsed_ms"]
             print(
                 f"  {a.engine:<9} {Path(img).name:<16} "
-                f"elapsed={el if el is None else f'{el:.0f}ms'} lines={len(lines)} "
+                f"elapsed={el if el is None else f'{el:.0f}ms'} lines={len(rec['lines'])} "
                 f"{'ok' if not err else f'ERROR ({err})'}",
                 file=sys.stderr,
             )

@@ -53,6 +53,8 @@ pub fn copy_search(
     })?;
     // (log-probability, text, closed, tokens)
     let mut best: Option<(f64, String, bool, Vec<u32>)> = None;
+    // The quote and the tokens that close the string, looked up once (a vocabulary scan).
+    let mut closing: Option<(u32, Vec<u32>)> = None;
     let mut session_holds_best = false;
     let by_start = source.rank() == Rank::Start;
     for (i, &(id, first_lp)) in firsts.iter().enumerate() {
@@ -72,7 +74,7 @@ pub fn copy_search(
         s.give_up_below(floor);
         s.force(id, first_lp);
         let head = lm.token_bytes(id).to_vec();
-        let (rest, closed, total) = match jump_forward(s, source, &head)? {
+        let (rest, closed, total) = match jump_forward(s, source, &head, &mut closing)? {
             Some((rest, lp)) => {
                 s.give_up_below(f64::NEG_INFINITY);
                 (rest, true, s.take_logprob() + lp)
@@ -136,6 +138,7 @@ fn jump_forward(
     s: &mut Session,
     source: &dyn CopyConstraint,
     head: &[u8],
+    closing: &mut Option<(u32, Vec<u32>)>,
 ) -> Result<Option<(String, f64)>, LlmError> {
     let Some(rest) = source.only_completion(head) else {
         return Ok(None);
@@ -144,18 +147,24 @@ fn jump_forward(
         return Ok(None);
     };
     let lm = s.model().clone();
-    let Some(quote) = lm.encode("\"")?.first().copied() else {
+    if closing.is_none() {
+        let Some(quote) = lm.encode("\"")?.first().copied() else {
+            return Ok(None);
+        };
+        *closing = Some((quote, lm.plain_tokens_starting_with(b'"')));
+    }
+    let Some((quote, closers)) = closing.as_ref() else {
         return Ok(None);
     };
+    let quote = *quote;
     let ids = if rest.is_empty() {
         Vec::new()
     } else {
         lm.encode(rest)?
     };
     let text = if ids.is_empty() { 0.0 } else { s.score(&ids)? };
-    let closers = lm.plain_tokens_starting_with(b'"');
     let close = s
-        .next_logprobs(&closers)?
+        .next_logprobs(closers)?
         .into_iter()
         .fold(f64::NEG_INFINITY, f64::max);
     s.push_tokens(&[quote]);

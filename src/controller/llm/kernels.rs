@@ -448,6 +448,48 @@ mod x86 {
         hsum256(acc)
     }
 
+    /// Two Q5_0 blocks' weights as unsigned bytes (`nibble + 16 * bit`), in weight order:
+    /// block 0's 16 low then 16 high nibbles, then block 1's. The fifth bits are added under a
+    /// mask built straight from the two 32-bit fields.
+    #[inline(always)]
+    unsafe fn q5_pair(p0: *const u8, p1: *const u8) -> __m512i {
+        let low = _mm256_set1_epi8(0x0F);
+        let qh0 = (p0.add(2) as *const u32).read_unaligned() as u64;
+        let qh1 = (p1.add(2) as *const u32).read_unaligned() as u64;
+        let qs = _mm256_set_m128i(
+            _mm_loadu_si128(p1.add(6) as *const __m128i),
+            _mm_loadu_si128(p0.add(6) as *const __m128i),
+        );
+        let lo = _mm256_and_si256(qs, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low);
+        let nib = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
+            _mm256_permute2x128_si256(lo, hi, 0x31),
+            1,
+        );
+        _mm512_mask_add_epi8(nib, qh0 | (qh1 << 32), nib, _mm512_set1_epi8(16))
+    }
+
+    /// Two Q8_0 blocks' signed weights in one register.
+    #[inline(always)]
+    unsafe fn q8_pair(p0: *const u8, p1: *const u8) -> __m512i {
+        _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
+            _mm256_loadu_si256(p1.add(2) as *const __m256i),
+            1,
+        )
+    }
+
+    /// Eight lanes of `s0` then eight of `s1`: the two blocks' combined scales.
+    #[inline(always)]
+    unsafe fn pair_scales(s0: f32, s1: f32) -> __m512 {
+        _mm512_insertf32x8(
+            _mm512_castps256_ps512(_mm256_set1_ps(s0)),
+            _mm256_set1_ps(s1),
+            1,
+        )
+    }
+
     /// Q5_0 with AVX-512, two blocks per step. The weights stay unsigned (`nibble + 16 *
     /// bit`, added under a mask built straight from the two 32-bit fields), so `maddubs`
     /// takes them as they are; the `-16` offset is subtracted once per block through
@@ -458,36 +500,16 @@ mod x86 {
         let (xq, xd, corr) = (&x.q, &x.d, &x.corr);
         let mut acc = _mm512_setzero_ps();
         let mut offset = 0f32;
-        let low = _mm256_set1_epi8(0x0F);
-        let sixteen = _mm512_set1_epi8(16);
         let ones = _mm512_set1_epi16(1);
         let mut b = 0;
         while b + 1 < nb {
             let p0 = row.as_ptr().add(b * Q5);
             let p1 = p0.add(Q5);
             let (d0, d1) = (scale(p0), scale(p1));
-            let qh0 = (p0.add(2) as *const u32).read_unaligned() as u64;
-            let qh1 = (p1.add(2) as *const u32).read_unaligned() as u64;
-            let qs = _mm256_set_m128i(
-                _mm_loadu_si128(p1.add(6) as *const __m128i),
-                _mm_loadu_si128(p0.add(6) as *const __m128i),
-            );
-            let lo = _mm256_and_si256(qs, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low);
-            // Bytes in weight order: block 0's 16 low then 16 high nibbles, then block 1's.
-            let nib = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                _mm256_permute2x128_si256(lo, hi, 0x31),
-                1,
-            );
-            let qx = _mm512_mask_add_epi8(nib, qh0 | (qh1 << 32), nib, sixteen);
+            let qx = q5_pair(p0, p1);
             let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
             let dot = _mm512_madd_epi16(_mm512_maddubs_epi16(qx, qy), ones);
-            let s = _mm512_insertf32x8(
-                _mm512_castps256_ps512(_mm256_set1_ps(d0 * *xd.get_unchecked(b))),
-                _mm256_set1_ps(d1 * *xd.get_unchecked(b + 1)),
-                1,
-            );
+            let s = pair_scales(d0 * *xd.get_unchecked(b), d1 * *xd.get_unchecked(b + 1));
             acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
             offset += d0 * *corr.get_unchecked(b) + d1 * *corr.get_unchecked(b + 1);
             b += 2;
@@ -507,35 +529,16 @@ mod x86 {
         let (xq, xd, corr) = (&x.q, &x.d, &x.corr);
         let mut acc = _mm512_setzero_ps();
         let mut offset = 0f32;
-        let low = _mm256_set1_epi8(0x0F);
-        let sixteen = _mm512_set1_epi8(16);
         let zero = _mm512_setzero_si512();
         let mut b = 0;
         while b + 1 < nb {
             let p0 = row.as_ptr().add(b * Q5);
             let p1 = p0.add(Q5);
             let (d0, d1) = (scale(p0), scale(p1));
-            let qh0 = (p0.add(2) as *const u32).read_unaligned() as u64;
-            let qh1 = (p1.add(2) as *const u32).read_unaligned() as u64;
-            let qs = _mm256_set_m128i(
-                _mm_loadu_si128(p1.add(6) as *const __m128i),
-                _mm_loadu_si128(p0.add(6) as *const __m128i),
-            );
-            let lo = _mm256_and_si256(qs, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low);
-            let nib = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                _mm256_permute2x128_si256(lo, hi, 0x31),
-                1,
-            );
-            let qx = _mm512_mask_add_epi8(nib, qh0 | (qh1 << 32), nib, sixteen);
+            let qx = q5_pair(p0, p1);
             let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
             let dot = _mm512_dpbusd_epi32(zero, qx, qy);
-            let s = _mm512_insertf32x8(
-                _mm512_castps256_ps512(_mm256_set1_ps(d0 * *xd.get_unchecked(b))),
-                _mm256_set1_ps(d1 * *xd.get_unchecked(b + 1)),
-                1,
-            );
+            let s = pair_scales(d0 * *xd.get_unchecked(b), d1 * *xd.get_unchecked(b + 1));
             acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
             offset += d0 * *corr.get_unchecked(b) + d1 * *corr.get_unchecked(b + 1);
             b += 2;
@@ -563,18 +566,10 @@ mod x86 {
             let p0 = row.as_ptr().add(b * Q8);
             let p1 = p0.add(Q8);
             let (d0, d1) = (scale(p0), scale(p1));
-            let qx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
-                _mm256_loadu_si256(p1.add(2) as *const __m256i),
-                1,
-            );
+            let qx = q8_pair(p0, p1);
             let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
             let dot = _mm512_dpbusd_epi32(zero, _mm512_xor_si512(qx, flip), qy);
-            let s = _mm512_insertf32x8(
-                _mm512_castps256_ps512(_mm256_set1_ps(d0 * *xd.get_unchecked(b))),
-                _mm256_set1_ps(d1 * *xd.get_unchecked(b + 1)),
-                1,
-            );
+            let s = pair_scales(d0 * *xd.get_unchecked(b), d1 * *xd.get_unchecked(b + 1));
             acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
             offset += d0 * *corr.get_unchecked(b) + d1 * *corr.get_unchecked(b + 1);
             b += 2;
@@ -620,19 +615,14 @@ mod x86 {
         while b + 1 < nb {
             let p0 = row.as_ptr().add(b * Q8);
             let p1 = p0.add(Q8);
-            let qx = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
-                _mm256_loadu_si256(p1.add(2) as *const __m256i),
-                1,
-            );
+            let qx = q8_pair(p0, p1);
             let qy = _mm512_loadu_si512(xq.as_ptr().add(b * QK) as *const _);
             let negative = _mm512_movepi8_mask(qx);
             let sy = _mm512_mask_sub_epi8(qy, negative, zero, qy);
             let dot = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(qx), sy), ones);
-            let s = _mm512_insertf32x8(
-                _mm512_castps256_ps512(_mm256_set1_ps(scale(p0) * *xd.get_unchecked(b))),
-                _mm256_set1_ps(scale(p1) * *xd.get_unchecked(b + 1)),
-                1,
+            let s = pair_scales(
+                scale(p0) * *xd.get_unchecked(b),
+                scale(p1) * *xd.get_unchecked(b + 1),
             );
             acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc);
             b += 2;

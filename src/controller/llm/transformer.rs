@@ -35,7 +35,8 @@ pub const PACKED_MIN_ROWS: usize = 2;
 
 /// `P2G_INT8_PREFILL=0` keeps the f32 GEMM path (to compare the two in one build).
 fn int8_prefill_enabled() -> bool {
-    std::env::var("P2G_INT8_PREFILL").map_or(true, |v| v != "0")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("P2G_INT8_PREFILL").map_or(true, |v| v != "0"))
 }
 
 /// The model families p2g can run.
@@ -244,6 +245,7 @@ impl Linear {
 fn raw_matrix<R: Read + Seek>(
     ct: &gguf_file::Content,
     reader: &mut R,
+    end: u64,
     name: &str,
 ) -> Result<(GgmlDType, usize, usize, Vec<u8>), String> {
     let info = ct
@@ -261,7 +263,6 @@ fn raw_matrix<R: Read + Seek>(
         .and_then(|n| n.checked_mul(size))
         .ok_or_else(|| "too large".to_string())?;
     let start = ct.tensor_data_offset.saturating_add(info.offset);
-    let end = reader.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     if start.saturating_add(bytes as u64) > end {
         return Err(format!(
             "needs {bytes} bytes at offset {start}, the file is {end} bytes long"
@@ -477,9 +478,13 @@ impl Transformer {
             ct.tensor(reader, name, &dev)
                 .map_err(|e| LlmError::BadModel(format!("tensor `{name}`: {e}")))
         };
+        // The file's length, for the matrices' bounds checks.
+        let end = reader
+            .seek(SeekFrom::End(0))
+            .map_err(|e| LlmError::BadModel(format!("cannot read the file: {e}")))?;
         let matrix = |reader: &mut R, name: &str, bias: Option<Tensor>| {
             let bad = |e: String| LlmError::BadModel(format!("tensor `{name}`: {e}"));
-            let (dtype, rows, cols, data) = raw_matrix(ct, reader, name).map_err(bad)?;
+            let (dtype, rows, cols, data) = raw_matrix(ct, reader, end, name).map_err(bad)?;
             Linear::from_bytes(dtype, rows, cols, data, bias).map_err(|e| bad(e.to_string()))
         };
         let token_embd = get(reader, "token_embd.weight")?;
