@@ -18,6 +18,15 @@ pub struct Candidate {
     pub text: String,
     /// The regions it is copied from, in order.
     pub regions: Vec<String>,
+    /// How surely those regions were read: the sum of the log of each one's confidence
+    /// (the probability that every read is right), the best over the places the text occurs.
+    pub read: f64,
+}
+
+/// The log of a reading confidence, floored: a confidence of 0 (an agent that gives none
+/// useful) must lower a span, not rule it out.
+fn read_logprob(score: f32) -> f64 {
+    f64::from(score).clamp(0.05, 1.0).ln()
 }
 
 /// How long candidates may be.
@@ -91,11 +100,19 @@ impl Asked {
 pub fn candidates(regions: &[RegionText], limits: &Limits) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     let mut push = |text: String, ids: &[&RegionText]| {
-        if answerable(&text) && !out.iter().any(|c| c.text == text) {
-            out.push(Candidate {
+        if !answerable(&text) {
+            return;
+        }
+        let read: f64 = ids.iter().map(|r| read_logprob(r.score)).sum();
+        match out.iter_mut().find(|c| c.text == text) {
+            // The same words read again (a zoomed re-read): that they are there at all is
+            // as sure as the surest read; the first place stays the one cited.
+            Some(c) => c.read = c.read.max(read),
+            None => out.push(Candidate {
                 text,
                 regions: ids.iter().map(|r| r.id.clone()).collect(),
-            });
+                read,
+            }),
         }
     };
     for (i, r) in regions.iter().enumerate() {
@@ -270,6 +287,25 @@ mod tests {
         assert_eq!(office.regions, ["r1", "r2"]);
         // Not stacked: a line far below, or of another size.
         assert!(!t.contains(&"391-9081 SAM"), "{t:?}");
+    }
+
+    #[test]
+    fn a_span_carries_how_surely_its_regions_were_read() {
+        let mut shaky = region("r1", "OOO ET", 0, [0.0, 0.0, 50.0, 16.0]);
+        shaky.score = 0.56;
+        let clean = region("r2", "ALTITUDE", 1, [0.0, 20.0, 95.0, 50.0]);
+        let mut again = region("r3", "ET", 2, [0.0, 200.0, 20.0, 216.0]);
+        again.score = 0.95;
+        let c = candidates(&[shaky, clean, again], &Limits::default());
+        let read = |t: &str| c.iter().find(|c| c.text == t).unwrap().read;
+        assert!((read("OOO ET") - 0.56f64.ln()).abs() < 1e-6);
+        assert!((read("ALTITUDE") - 0.9f64.ln()).abs() < 1e-6);
+        // A column span is as sure as both its reads together.
+        assert!((read("OOO ET ALTITUDE") - (0.56f64.ln() + 0.9f64.ln())).abs() < 1e-6);
+        // Read again more surely elsewhere: as sure as the surer read, cited where first read.
+        let et = c.iter().find(|c| c.text == "ET").unwrap();
+        assert!((et.read - 0.95f64.ln()).abs() < 1e-6);
+        assert_eq!(et.regions, ["r1"]);
     }
 
     #[test]

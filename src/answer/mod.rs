@@ -132,6 +132,10 @@ pub struct Settings {
     pub calibration: f64,
     /// The question with the content taken away, for `calibration`.
     pub neutral_question: String,
+    /// Weight of how surely the agent read a span (the log of its regions' confidence)
+    /// in choosing which span answers (0: not at all).
+    #[serde(default)]
+    pub reading: f64,
     /// A document has at least this many regions...
     pub document_min_lines: usize,
     /// ...covering at least this fraction of the image.
@@ -163,6 +167,9 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&s.calibration) || s.neutral_question.trim().is_empty() {
             return Err("calibration must be within 0..1, with a neutral_question".into());
+        }
+        if !s.reading.is_finite() || s.reading < 0.0 {
+            return Err("reading must be a number >= 0".into());
         }
         Ok(s)
     }

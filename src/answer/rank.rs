@@ -300,6 +300,10 @@ pub struct ChooseLimits {
     /// are scored against the neutral question.
     pub window: f64,
     pub recheck: usize,
+    /// Weight of how surely a span was read (its `reads` entry, a log-probability) in the
+    /// ranking: the answer is a span the question makes likely *and* the agent read right.
+    /// It never decides whether the evidence answers at all.
+    pub reading: f64,
 }
 
 /// The same prompt with the question's content taken away ("What is written here?"), to
@@ -319,7 +323,8 @@ pub struct Calibration<'a> {
 
 /// Scores `texts` (answer string contents, JSON-escaped) and the `not_found` phrases as the
 /// continuation of the answer string the session has opened, each closed with its likeliest
-/// closing token, and returns the winner. The session is left where it was.
+/// closing token, and returns the winner. The session is left where it was. `reads` holds,
+/// per text, the log-probability that it was read right (empty: all read surely).
 ///
 /// Whether the evidence answers at all is decided on plain likelihood: some span must be
 /// likelier than "not in the evidence" (less the margin). Which span answers is decided on
@@ -331,6 +336,7 @@ pub struct Calibration<'a> {
 pub fn choose(
     s: &mut Session,
     texts: &[String],
+    reads: &[f64],
     not_found: &[String],
     limits: ChooseLimits,
     calibration: Option<Calibration<'_>>,
@@ -404,10 +410,14 @@ pub fn choose(
         passes += calibrate(s, c, &contenders, &tokens, &closers, &mut neutral)?;
     }
     let weight = calibration.map_or(0.0, |c| c.weight);
+    // A reading no surer than chance-level noise moves a span as much as the question's
+    // own preference can: "ET" of a read "OOO ET" (confidence 0.56) against a cleanly
+    // read "ALTITUDE" (0.90), when the question likes the two about as much.
+    let read = |i: usize| limits.reading * reads.get(i).copied().unwrap_or(0.0);
     // Calibrated, only the rechecked contenders compete; otherwise every answerable span.
     let score = |i: usize, lp: f64| match neutral.get(&i) {
-        Some(n) => lp - weight * n,
-        None if neutral.is_empty() && lp > floor => lp,
+        Some(n) => lp - weight * n + read(i),
+        None if neutral.is_empty() && lp > floor => lp + read(i),
         None => f64::NEG_INFINITY,
     };
     let mut top: Vec<(usize, f64, f64)> = scores

@@ -558,9 +558,11 @@ fn extract(
         )));
     }
     let texts: Vec<String> = found.iter().map(|c| json_escaped(&c.text)).collect();
+    let reads: Vec<f64> = found.iter().map(|c| c.read).collect();
     let choice = choose(
         s,
         &texts,
+        &reads,
         &settings.not_found,
         ChooseLimits {
             margin: settings.margin
@@ -572,6 +574,7 @@ fn extract(
             max_passes: settings.max_passes,
             window: settings.window,
             recheck: settings.recheck,
+            reading: settings.reading,
         },
         input.neutral.map(|neutral_prompt| Calibration {
             neutral_prompt,
@@ -596,10 +599,11 @@ fn extract(
     match choice.chosen {
         Some(i) => {
             let lp = choice.top.first().map_or(f64::NAN, |t| t.1);
-            let calibrated = if input.neutral.is_some() {
-                ", ranked by how much likelier the question makes it than a neutral question"
-            } else {
-                ""
+            let calibrated = match (input.neutral.is_some(), settings.reading > 0.0) {
+                (true, true) => ", ranked by how much likelier the question makes it than a neutral question and by how surely it was read",
+                (true, false) => ", ranked by how much likelier the question makes it than a neutral question",
+                (false, true) => ", ranked by its likelihood and by how surely it was read",
+                (false, false) => "",
             };
             let how = format!(
                 "copied: the likeliest of {} spans of the evidence as the answer{calibrated} (log-probability {lp:.2}; {:?} {:.2}; {} scored exactly, the rest could not win)",
