@@ -87,3 +87,77 @@ fn an_upside_down_receipt_is_read_upright() {
         "turned reading shares only {overlap:.2} of the upright words"
     );
 }
+
+#[test]
+fn one_upside_down_line_on_an_upright_receipt_is_read_turned() {
+    // The classifier is asked only about lines that read unsurely and a sample of the
+    // longest ones: a single turned line among upright ones must still be one of them.
+    let dir = common::eval_dir("sroie-dev");
+    let agent = common::agent();
+    let path = dir.join("img").join("001.jpg");
+    let upright = Image::open(&path, &LoadOptions::default()).unwrap();
+    let a = agent.read(&upright, &OcrArgs::default()).unwrap();
+    // A mid-length line (not among the page sample's longest), read cleanly upright.
+    let mut lines: Vec<_> = a
+        .lines
+        .iter()
+        .filter(|l| l.text.chars().filter(|c| c.is_alphanumeric()).count() >= 8)
+        .filter(|l| l.bbox.width() >= 4.0 * l.bbox.height() && l.confidence >= 0.9)
+        .collect();
+    lines.sort_by(|x, y| x.bbox.width().total_cmp(&y.bbox.width()));
+    let line = lines[lines.len() / 2];
+    let b = line.bbox;
+    let mut rgb = upright.rgb().clone();
+    let (x, y) = (b.x1.max(0.0) as u32, b.y1.max(0.0) as u32);
+    let (w, h) = (
+        (b.x2.min(rgb.width() as f32) as u32).saturating_sub(x),
+        (b.y2.min(rgb.height() as f32) as u32).saturating_sub(y),
+    );
+    let turned =
+        image::imageops::rotate180(&image::imageops::crop_imm(&rgb, x, y, w, h).to_image());
+    image::imageops::replace(&mut rgb, &turned, x.into(), y.into());
+    let read = agent
+        .read(&Image::from_rgb(rgb), &OcrArgs::default())
+        .unwrap();
+    let centre = |l: &p2g::agents::ocr::TextLine| {
+        ((l.bbox.x1 + l.bbox.x2) / 2.0, (l.bbox.y1 + l.bbox.y2) / 2.0)
+    };
+    let (cx, cy) = centre(line);
+    let there: Vec<_> = read
+        .lines
+        .iter()
+        .filter(|l| {
+            let (lx, ly) = centre(l);
+            (lx - cx).abs() < b.width() / 2.0 && (ly - cy).abs() < b.height() / 2.0
+        })
+        .collect();
+    // The same characters (a cut edge may lose a trailing dot): at most 2 edits apart.
+    let alnum = |t: &str| -> Vec<char> { t.chars().filter(|c| c.is_alphanumeric()).collect() };
+    let want = alnum(&line.text);
+    assert!(
+        there
+            .iter()
+            .any(|l| l.upside_down && edit_distance(&alnum(&l.text), &want) <= 2),
+        "{:?} turned in place was read as {there:?}",
+        line.text
+    );
+    let others = read.lines.iter().filter(|l| l.upside_down).count();
+    assert!(
+        others <= 1,
+        "{others} lines were turned, only one was upside down"
+    );
+}
+
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != cb));
+            diag = up;
+        }
+    }
+    row[b.len()]
+}
