@@ -65,3 +65,50 @@ fn a_region_is_read_in_original_coordinates() {
         assert!(l.bbox.x1 >= region.x1 - 1.0 && l.bbox.x2 <= region.x2 + 1.0);
     }
 }
+
+#[test]
+fn a_large_scan_is_read_by_the_global_pass_alone() {
+    // A receipt scanned at 4x (as at 600 dpi; Lanczos-upscaled): the global pass reads it
+    // whole, so no tile may be read — they cost two thirds of the time for fragments.
+    let path = common::eval_dir("sroie-dev").join("img").join("028.jpg");
+    let small = Image::open(&path, &LoadOptions::default()).unwrap();
+    let big = Image::from_rgb(image::imageops::resize(
+        small.rgb(),
+        small.width() * 4,
+        small.height() * 4,
+        image::imageops::FilterType::Lanczos3,
+    ));
+    assert!(big.width().max(big.height()) > 4000, "a large scan");
+    let read = |change: &dyn Fn(&mut p2g::agents::ocr::OcrConfig)| {
+        let lines = common::agent_with(change)
+            .read(&big, &OcrArgs::default())
+            .unwrap()
+            .lines;
+        common::joined_upper(&lines)
+    };
+    let default = read(&|_| {});
+    let global = read(&|c| c.options.tiling = false);
+    assert_eq!(
+        default, global,
+        "tiles were read on a document the global pass resolves"
+    );
+    // The assertion can fail: with the document rule off, tiles are read and change it.
+    let rule_off = read(&|c| c.options.tile_resolved_height = 0.0);
+    assert_ne!(
+        rule_off, global,
+        "no tile was read even without the rule: pick another scan"
+    );
+    // And the scan reads as it does at its own size.
+    let original = common::joined_upper(
+        &common::agent()
+            .read(&small, &OcrArgs::default())
+            .unwrap()
+            .lines,
+    );
+    let words = |s: &str| -> std::collections::BTreeSet<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    };
+    let (a, b) = (words(&default), words(&original));
+    let shared = a.intersection(&b).count() as f64 / b.len().max(1) as f64;
+    assert!(shared >= 0.85, "only {shared:.2} of the words read at 1x");
+}

@@ -65,6 +65,13 @@ impl Detector {
                 maps: vec![MapView { map, sx, sy }],
             });
         }
+        if let Some(why) = resolved_document(&quads, map.width, map.height, opts) {
+            tracing::debug!(%why, "ocr: no tiles, the global pass resolves this document");
+            return Ok(Detection {
+                quads: global,
+                maps: vec![MapView { map, sx, sy }],
+            });
+        }
         let unresolved = Unresolved::new(&map, &quads, sx, sy);
         let (tiled, tile_map) = self.detect_tiled(img, opts, &params, &unresolved, global.len())?;
         let mut maps = vec![MapView { map, sx, sy }];
@@ -273,6 +280,48 @@ fn has_edges(img: &RgbImage, rect: Rect) -> bool {
         }
     }
     seen > 0 && edges as f32 >= EXPLORE_MIN_EDGES * seen as f32
+}
+
+/// Why the global pass alone reads this page (or `None`: tiles may add lines). A large
+/// scan is a document read at the global scale with room to spare: its text-like pixels left
+/// outside every box are a line's halo, a stamp's speckle or a fold, and reading every tile
+/// they touch at native resolution cost a 600-dpi receipt 9 of its 20 tiles and two thirds of
+/// its time, for fragments of lines read whole already. So tiles are skipped when the page
+/// reads as a document (at least `tile_document_lines` lines covering at least
+/// `tile_document_coverage` of it) and even its small text — the 10th percentile of its
+/// lines' heights — is at least `tile_resolved_height` global-map pixels tall: text
+/// detection finds lines well below that. A photo's few signs never make a document, so its
+/// small, far text still gets its tiles.
+fn resolved_document(
+    quads: &[Quad],
+    width: usize,
+    height: usize,
+    opts: &OcrOptions,
+) -> Option<String> {
+    if opts.tile_all || opts.tile_resolved_height <= 0.0 || quads.len() < opts.tile_document_lines {
+        return None;
+    }
+    let area = (width * height).max(1) as f32;
+    let covered: f32 = quads.iter().map(|q| q.bbox().area()).sum::<f32>() / area;
+    if covered < opts.tile_document_coverage {
+        return None;
+    }
+    let mut heights: Vec<f32> = quads
+        .iter()
+        .map(|q| {
+            let (a, b) = q.side_lengths();
+            a.min(b)
+        })
+        .collect();
+    heights.sort_by(f32::total_cmp);
+    let small = heights[heights.len() / 10];
+    (small >= opts.tile_resolved_height).then(|| {
+        format!(
+            "{} lines cover {:.1}% of the page; 90% of them are at least {small:.0} map pixels tall",
+            quads.len(),
+            100.0 * covered
+        )
+    })
 }
 
 /// Global-map pixels that look like text (probability above [`UNRESOLVED_PROB`]) but lie

@@ -53,6 +53,13 @@ pub struct OcrOptions {
     pub tile_size: u32,
     pub tile_overlap: u32,
     pub max_tiles: usize,
+    /// A page with at least this many lines from the global pass...
+    pub tile_document_lines: usize,
+    /// ...covering at least this fraction of it is a document...
+    pub tile_document_coverage: f32,
+    /// ...and when even its small text (the 10th percentile of line heights) is at least this
+    /// many global-map pixels tall, no tile is read (0: always consider tiles).
+    pub tile_resolved_height: f32,
     pub use_orientation: bool,
     pub cls_thresh: f32,
     /// A line read at least this confidently as it stands is taken as upright without asking
@@ -101,6 +108,9 @@ impl Default for OcrOptions {
             tile_size: 1280,
             tile_overlap: 192,
             max_tiles: 48,
+            tile_document_lines: 15,
+            tile_document_coverage: 0.025,
+            tile_resolved_height: 10.0,
             use_orientation: true,
             cls_thresh: 0.9,
             cls_sure_reading: 0.95,
@@ -146,6 +156,13 @@ impl OcrOptions {
         }
         if self.cls_page_sample == 0 {
             return Err("cls_page_sample must be at least 1".into());
+        }
+        unit("tile_document_coverage", self.tile_document_coverage)?;
+        if !self.tile_resolved_height.is_finite() || self.tile_resolved_height < 0.0 {
+            return Err(format!(
+                "tile_resolved_height = {} must be a number of pixels >= 0 (0: always consider tiles)",
+                self.tile_resolved_height
+            ));
         }
         unit("min_confidence", self.min_confidence)?;
         unit("lead_prob", self.lead_prob)?;
