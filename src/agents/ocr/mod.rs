@@ -615,7 +615,9 @@ impl Inner {
             .collect();
         let readings = self.rec.recognise(&turned, self.options.decoding())?;
         for (&i, r) in idx.iter().zip(readings) {
-            if r.confidence - texts[i].confidence > ORIENTATION_TIE {
+            // A run of dots or dashes reads the same both ways: no direction to take from it.
+            let telling = has_alphanumeric(&r.text) || has_alphanumeric(&texts[i].text);
+            if telling && r.confidence - texts[i].confidence > ORIENTATION_TIE {
                 texts[i] = r;
                 flipped[i] = true;
             }
@@ -688,13 +690,27 @@ impl Inner {
         let readings = self.rec.recognise(&turned, self.options.decoding())?;
         for (&i, r) in candidates.iter().zip(readings) {
             let gain = r.confidence - texts[i].confidence;
-            if gain > ORIENTATION_TIE || (gain.abs() <= ORIENTATION_TIE && page_upside_down) {
+            // A line of no letter or digit ("……", a rule of dashes) reads the same both ways:
+            // a confidence gain there is noise, not evidence it is upside down. Only the page
+            // turns it.
+            let telling = has_alphanumeric(&r.text) || has_alphanumeric(&texts[i].text);
+            let turn = if page_upside_down {
+                // With the page, ties included: unless the reading as cut is clearly better.
+                gain >= -ORIENTATION_TIE
+            } else {
+                telling && gain > ORIENTATION_TIE
+            };
+            if turn {
                 texts[i] = r;
                 flipped[i] = true;
             }
         }
         Ok(())
     }
+}
+
+fn has_alphanumeric(text: &str) -> bool {
+    text.chars().any(char::is_alphanumeric)
 }
 
 impl Agent for OcrAgent {
