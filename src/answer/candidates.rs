@@ -291,21 +291,21 @@ mod tests {
 
     #[test]
     fn a_span_carries_how_surely_its_regions_were_read() {
-        let mut shaky = region("r1", "OOO ET", 0, [0.0, 0.0, 50.0, 16.0]);
+        let mut shaky = region("r1", "XXX QV", 0, [0.0, 0.0, 50.0, 16.0]);
         shaky.score = 0.56;
-        let clean = region("r2", "ALTITUDE", 1, [0.0, 20.0, 95.0, 50.0]);
-        let mut again = region("r3", "ET", 2, [0.0, 200.0, 20.0, 216.0]);
+        let clean = region("r2", "HARBOUR", 1, [0.0, 20.0, 95.0, 50.0]);
+        let mut again = region("r3", "QV", 2, [0.0, 200.0, 20.0, 216.0]);
         again.score = 0.95;
         let c = candidates(&[shaky, clean, again], &Limits::default());
         let read = |t: &str| c.iter().find(|c| c.text == t).unwrap().read;
-        assert!((read("OOO ET") - 0.56f64.ln()).abs() < 1e-6);
-        assert!((read("ALTITUDE") - 0.9f64.ln()).abs() < 1e-6);
+        assert!((read("XXX QV") - 0.56f64.ln()).abs() < 1e-6);
+        assert!((read("HARBOUR") - 0.9f64.ln()).abs() < 1e-6);
         // A column span is as sure as both its reads together.
-        assert!((read("OOO ET ALTITUDE") - (0.56f64.ln() + 0.9f64.ln())).abs() < 1e-6);
+        assert!((read("XXX QV HARBOUR") - (0.56f64.ln() + 0.9f64.ln())).abs() < 1e-6);
         // Read again more surely elsewhere: as sure as the surer read, cited where first read.
-        let et = c.iter().find(|c| c.text == "ET").unwrap();
-        assert!((et.read - 0.95f64.ln()).abs() < 1e-6);
-        assert_eq!(et.regions, ["r1"]);
+        let qv = c.iter().find(|c| c.text == "QV").unwrap();
+        assert!((qv.read - 0.95f64.ln()).abs() < 1e-6);
+        assert_eq!(qv.regions, ["r1"]);
     }
 
     #[test]

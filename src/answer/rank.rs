@@ -410,9 +410,9 @@ pub fn choose(
         passes += calibrate(s, c, &contenders, &tokens, &closers, &mut neutral)?;
     }
     let weight = calibration.map_or(0.0, |c| c.weight);
-    // A reading no surer than chance-level noise moves a span as much as the question's
-    // own preference can: "ET" of a read "OOO ET" (confidence 0.56) against a cleanly
-    // read "ALTITUDE" (0.90), when the question likes the two about as much.
+    // How surely a span was read moves it as much as the question's own preference can:
+    // a fragment of a line read at confidence 0.56 against a word read cleanly at 0.90,
+    // when the question likes the two about as much.
     let read = |i: usize| limits.reading * reads.get(i).copied().unwrap_or(0.0);
     // Calibrated, only the rechecked contenders compete; otherwise every answerable span.
     let score = |i: usize, lp: f64| match neutral.get(&i) {

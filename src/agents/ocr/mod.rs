@@ -615,9 +615,9 @@ impl Inner {
             .collect();
         let readings = self.rec.recognise(&turned, self.options.decoding())?;
         for (&i, r) in idx.iter().zip(readings) {
-            // A run of dots or dashes reads the same both ways: no direction to take from it.
-            let telling = has_alphanumeric(&r.text) || has_alphanumeric(&texts[i].text);
-            if telling && r.confidence - texts[i].confidence > ORIENTATION_TIE {
+            if tells_direction(&r, &texts[i])
+                && r.confidence - texts[i].confidence > ORIENTATION_TIE
+            {
                 texts[i] = r;
                 flipped[i] = true;
             }
@@ -632,13 +632,14 @@ impl Inner {
     /// clearly more confident. When most of the page sample's lines are upside down the page
     /// is, and every line (short ones included) is read both ways, ties going with the page.
     ///
-    /// Not every line needs the classifier (5 ms a line here, a sixth of a receipt's OCR): a
-    /// line upside down rarely reads confidently as it stands. Of the long lines read on the 40
-    /// sroie-dev receipts turned 180° (those kept, above `min_confidence`), 1.8% read at 0.95
-    /// or more (symmetric ones: "000", "NO"), against 54% of the upright pages' lines. So the classifier is asked about the lines
-    /// read less surely than `cls_sure_reading`, and about the page sample — the
-    /// `cls_page_sample` longest lines, whatever their reading — on which alone the page's
-    /// orientation is decided (a choice of unsure lines would be biased toward upside down).
+    /// Not every line needs the classifier (about 4 ms a line here): a line upside down
+    /// rarely reads confidently as it stands. Of the long lines read on the 40 sroie-dev
+    /// receipts turned 180° (those kept, above `min_confidence`), 1.8% read at 0.95 or more
+    /// (symmetric ones: "000", "NO"), against 54% of the upright pages' lines. So the
+    /// classifier is asked about the lines read less surely than `cls_sure_reading`, and
+    /// about the page sample — the `cls_page_sample` longest lines, whatever their reading —
+    /// on which alone the page's orientation is decided (a choice of unsure lines would be
+    /// biased toward upside down).
     fn settle_orientation(
         &self,
         cls: &cls::Orientation,
@@ -666,13 +667,12 @@ impl Inner {
         let sample: Vec<&image::RgbImage> = asked.iter().map(|&i| &crops[i]).collect();
         let probs = cls.upside_down(&sample)?;
         let upside = |&p: &f32| p > self.options.cls_thresh;
-        let mut flagged: Vec<usize> = asked
+        let flagged: Vec<usize> = asked
             .iter()
             .zip(&probs)
             .filter(|(_, p)| upside(p))
             .map(|(&i, _)| i)
             .collect();
-        flagged.sort_unstable();
         let sample_flagged = probs[..sample_len].iter().filter(|p| upside(p)).count();
         let page_upside_down = sample_flagged * 2 > sample_len;
         let candidates: Vec<usize> = if page_upside_down {
@@ -690,15 +690,11 @@ impl Inner {
         let readings = self.rec.recognise(&turned, self.options.decoding())?;
         for (&i, r) in candidates.iter().zip(readings) {
             let gain = r.confidence - texts[i].confidence;
-            // A line of no letter or digit ("……", a rule of dashes) reads the same both ways:
-            // a confidence gain there is noise, not evidence it is upside down. Only the page
-            // turns it.
-            let telling = has_alphanumeric(&r.text) || has_alphanumeric(&texts[i].text);
             let turn = if page_upside_down {
                 // With the page, ties included: unless the reading as cut is clearly better.
                 gain >= -ORIENTATION_TIE
             } else {
-                telling && gain > ORIENTATION_TIE
+                tells_direction(&r, &texts[i]) && gain > ORIENTATION_TIE
             };
             if turn {
                 texts[i] = r;
@@ -709,8 +705,12 @@ impl Inner {
     }
 }
 
-fn has_alphanumeric(text: &str) -> bool {
-    text.chars().any(char::is_alphanumeric)
+/// Whether two readings of a line (as cut, turned) can say which way up it is. A line of no
+/// letter or digit in either ("……", a rule of dashes) reads the same both ways: a confidence
+/// gain there is noise, and only a page judged upside down turns it.
+fn tells_direction(a: &rec::Recognised, b: &rec::Recognised) -> bool {
+    let telling = |t: &str| t.chars().any(char::is_alphanumeric);
+    telling(&a.text) || telling(&b.text)
 }
 
 impl Agent for OcrAgent {
